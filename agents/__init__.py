@@ -1,0 +1,1 @@
+"""Policies that act in the envs: scripted explorers, keyboard, RL agents."""

@@ -1,0 +1,1 @@
+"""Gymnasium environments: the learned world and the real camera world on ViZDoom."""

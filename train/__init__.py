@@ -1,0 +1,1 @@
+"""Data collection, datasets, VAE training and the three post-training stages."""

@@ -1,0 +1,1 @@
+"""The pygame window for exploring a learned world with keyboard and mouse."""

@@ -1,0 +1,139 @@
+"""Model configs: dataclasses usable as hydra structured configs, and a size registry.
+
+`model_config("tiny")` returns a fresh `DiTConfig`; override fields with
+`dataclasses.replace` or hydra (`model=tiny model.depth=2`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class DiTConfig:
+    """The block-causal MMDiT world model (generator, and discriminator with `logit_head`)."""
+
+    name: str = "tiny"
+    """Registry name this config came from (informational)."""
+    latent_channels: int = 16
+    """Channels of one VAE latent frame."""
+    frames_per_step: int = 4
+    """Decoded video frames per latent frame (the VAE's temporal compression)."""
+    patch_size: int = 2
+    """Spatial patch size applied to the latent grid."""
+    dim: int = 192
+    """Hidden width of the video stream."""
+    depth: int = 6
+    """Number of MMDiT blocks."""
+    heads: int = 6
+    """Attention heads; dim must divide by heads."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width as a multiple of dim."""
+    context_dim: int = 0
+    """Width of the optional context stream's input tokens (text etc.); 0 = no context stream."""
+    qk_norm: bool = True
+    """RMS-normalise queries and keys per head (keeps attention logits bounded)."""
+    rope_ref_grid: tuple[int, int] = (26, 46)
+    """Reference token grid (rows, cols) that spatial RoPE positions are stretched to.
+    (26, 46) is 416x736 pixels / 8 (VAE) / 2 (patch)."""
+    rope_theta: float = 10000.0
+    """RoPE base frequency."""
+    rope_temporal_fraction: float = 0.25
+    """Share of each head's dims given to the temporal RoPE axis (rest split between rows and cols)."""
+    temporal_interval: float = 1.0
+    """Temporal RoPE position step per latent frame (fixed, so any length works)."""
+    window: int = 30
+    """Sliding attention window in latent frames, besides the first-frame sink."""
+    logit_head: bool = False
+    """Add the per-frame logit head (discriminator)."""
+    attention_backend: str = "auto"
+    """'auto', 'sdpa', 'flex' or 'flash'."""
+    checkpoint_activations: bool = False
+    """Recompute each block in backward (per-block activation checkpointing)."""
+    camera_channels_per_frame: int = 6
+    """Plücker channels per video frame: ray origin (3) + unit direction (3)."""
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        if (self.dim // self.heads) % 2:
+            raise ValueError(f"head dim {self.dim // self.heads} must be even for RoPE")
+        if self.attention_backend not in ("auto", "sdpa", "flex", "flash"):
+            raise ValueError(
+                f"attention_backend={self.attention_backend!r}; expected 'auto', 'sdpa', 'flex' or 'flash'"
+            )
+        if self.window < 1:
+            raise ValueError(f"window={self.window} must be >= 1")
+        self.rope_ref_grid = tuple(self.rope_ref_grid)  # hydra hands lists
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def camera_channels(self) -> int:
+        """Camera input channels per latent frame (Plücker of every video frame in the step)."""
+        return self.camera_channels_per_frame * self.frames_per_step
+
+    @property
+    def in_channels(self) -> int:
+        """Channels concatenated per latent frame: noisy + recycled latent + camera."""
+        return 2 * self.latent_channels + self.camera_channels
+
+
+_SIZES: dict[str, dict[str, Any]] = {
+    # CPU tests and the bundled model: a few M parameters.
+    "tiny": dict(dim=192, depth=6, heads=6),
+    # One GPU.
+    "small": dict(dim=768, depth=12, heads=12),
+    # The paper: 36 MMDiT blocks, about 8B parameters with a text-width context stream.
+    "paper-8b": dict(dim=2688, depth=36, heads=21, context_dim=4096),
+}
+
+
+def model_config(name: str, **overrides: Any) -> DiTConfig:
+    """A fresh config from the size registry, with field overrides."""
+    if name not in _SIZES:
+        raise KeyError(f"unknown model size {name!r}; known: {sorted(_SIZES)}")
+    fields = {f.name for f in dataclasses.fields(DiTConfig)}
+    bad = set(overrides) - fields
+    if bad:
+        raise KeyError(f"unknown DiTConfig field(s) {sorted(bad)}; known: {sorted(fields)}")
+    return DiTConfig(name=name, **{**_SIZES[name], **overrides})
+
+
+def model_sizes() -> list[str]:
+    """Names in the size registry."""
+    return list(_SIZES)
+
+
+def config_to_dict(cfg: DiTConfig) -> dict[str, Any]:
+    """JSON-ready dict of a config."""
+    d = dataclasses.asdict(cfg)
+    d["rope_ref_grid"] = list(d["rope_ref_grid"])
+    return d
+
+
+def config_from_dict(d: dict[str, Any]) -> DiTConfig:
+    """Rebuild a config from `config_to_dict` output; unknown keys are an error."""
+    fields = {f.name for f in dataclasses.fields(DiTConfig)}
+    bad = set(d) - fields
+    if bad:
+        raise KeyError(f"unknown DiTConfig key(s) {sorted(bad)}; known: {sorted(fields)}")
+    return DiTConfig(**d)
+
+
+@dataclass
+class CameraStats:
+    """Per-channel mean/std of the Plücker channels (origin xyz, direction xyz) on training data."""
+
+    mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    std: list[float] = field(default_factory=lambda: [1.0] * 6)
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != 6 or len(self.std) != 6:
+            raise ValueError(f"camera stats need 6 means and 6 stds, got {len(self.mean)} and {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"camera stats std must be > 0, got {self.std}")
