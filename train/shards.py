@@ -1,6 +1,6 @@
 """The on-disk trajectory format: one trajectory per `.npz` shard, plus `manifest.json`.
 
-A shard (`<root>/<split>/<name>.npz`, written with `numpy.savez`, read without pickle) holds:
+A shard (`<root>/<split>/<name>.npz`, written with `numpy.savez_compressed`, read without pickle) holds:
 
 | key          | dtype   | shape          | meaning                                             |
 |--------------|---------|----------------|-----------------------------------------------------|
@@ -67,7 +67,7 @@ def write_shard(
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(
+            np.savez_compressed(
                 f,
                 frames=frames,
                 c2w=c2w,
