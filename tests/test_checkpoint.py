@@ -1,0 +1,90 @@
+"""Checkpoints: exact round trip, and clear errors for missing, corrupt, truncated or mismatched files."""
+
+import pytest
+import torch
+
+from worldmodel.checkpoint import CheckpointError, load_world_model, save_checkpoint, save_world_model
+from worldmodel.config import CameraStats, model_config
+from worldmodel.dit import WorldDiT
+
+
+def model(**over) -> WorldDiT:
+    torch.manual_seed(0)
+    m = WorldDiT(model_config("tiny", dim=64, depth=2, heads=4, **over))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def run(m: WorldDiT) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 3, 16, 4, 4, generator=g)
+    with torch.no_grad():
+        return m(x, x.flip(1), torch.randn(1, 3, 24, 4, 4, generator=g), torch.tensor([0.3]))
+
+
+def test_save_load_reproduces_outputs_exactly(tmp_path):
+    m = model(window=5)
+    stats = CameraStats(mean=[0.1] * 6, std=[2.0] * 6)
+    save_world_model(tmp_path / "w.safetensors", m, m.cfg, stats, extra_meta={"note": "hi"})
+    m2, cfg, stats2, _, meta = load_world_model(tmp_path / "w.safetensors")
+    assert cfg == m.cfg and stats2 == stats and meta["note"] == "hi"
+    assert torch.equal(run(m2), run(m))
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="nope.safetensors does not exist"):
+        load_world_model(tmp_path / "nope.safetensors")
+
+
+def test_truncated_file_is_named(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_world_model(path, model(), model().cfg)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="w.safetensors is corrupt or truncated"):
+        load_world_model(path)
+
+
+def test_garbage_file_is_named(tmp_path):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(b"\x00" * 7 + b"not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        load_world_model(path)
+
+
+def test_mismatched_weights_are_named(tmp_path):
+    path = tmp_path / "w.safetensors"
+    m = model()
+    tensors = {f"dit.{k}": v for k, v in m.state_dict().items()}
+    tensors["dit.latent_proj.weight"] = torch.zeros(3, 3)
+    del tensors["dit.final.linear.bias"]
+    from worldmodel.config import config_to_dict
+
+    save_checkpoint(path, tensors, {"dit_config": config_to_dict(m.cfg)})
+    with pytest.raises(CheckpointError, match="missing keys.*final.linear.bias.*shape mismatch.*latent_proj"):
+        load_world_model(path)
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_checkpoint(path, {}, {"dit_config": {"dim": 64, "bogus": 1}})
+    with pytest.raises(CheckpointError, match="bogus"):
+        load_world_model(path)
+
+
+def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "w.safetensors"
+    m = model()
+    save_world_model(path, m, m.cfg)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("worldmodel.checkpoint.save_file", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_world_model(path, m, m.cfg)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temp file left behind

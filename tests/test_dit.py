@@ -1,0 +1,119 @@
+"""The world-model transformer: cached streaming equals the parallel block-causal forward."""
+
+import pytest
+import torch
+
+from worldmodel.config import model_config
+from worldmodel.dit import WorldDiT
+
+B, F, C, H, W = 2, 7, 16, 4, 6
+
+
+def make_model(**over) -> WorldDiT:
+    cfg = model_config("tiny", dim=64, depth=2, heads=4, **over)
+    model = WorldDiT(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # move off the adaLN-Zero init so every path contributes
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def inputs(ctx_dim: int = 0, batch: int = B):
+    g = torch.Generator().manual_seed(2)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    ctx = r(batch, 3, ctx_dim) if ctx_dim else None
+    return r(batch, F, C, H, W), r(batch, F, C, H, W), r(batch, F, 24, H, W), torch.rand(batch, F, generator=g), ctx
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def stream(model: WorldDiT, noisy, rec, cam, t, ctx) -> torch.Tensor:
+    cache = model.new_cache(noisy.shape[0], (H, W), context_tokens=0 if ctx is None else ctx.shape[1])
+    if ctx is not None:
+        model.prefill_context(cache, ctx)
+    with torch.no_grad():
+        return torch.stack([model.forward_step(noisy[:, i], rec[:, i], cam[:, i], t[:, i], cache) for i in range(F)], 1)
+
+
+@pytest.mark.parametrize("window", [10, 2, 1], ids=["window>seq", "window2", "window1"])
+@pytest.mark.parametrize("ctx_dim", [0, 8], ids=["video", "with-context"])
+def test_kv_cache_stream_equals_parallel_forward(window, ctx_dim):
+    model = make_model(window=window, context_dim=ctx_dim)
+    noisy, rec, cam, t, ctx = inputs(ctx_dim)
+    with torch.no_grad():
+        ref = model(noisy, rec, cam, t, context=ctx)
+    assert rel_err(stream(model, noisy, rec, cam, t, ctx), ref) <= 1e-4
+
+
+def test_batch_of_streams_equals_single_streams():
+    model = make_model(window=2)
+    noisy, rec, cam, t, _ = inputs(batch=3)
+    batched = stream(model, noisy, rec, cam, t, None)
+    for b in range(3):
+        single = stream(model, noisy[b : b + 1], rec[b : b + 1], cam[b : b + 1], t[b : b + 1], None)
+        torch.testing.assert_close(single, batched[b : b + 1], rtol=1e-5, atol=1e-5)
+
+
+def test_future_frames_do_not_change_earlier_outputs():
+    model = make_model(window=3)
+    noisy, rec, cam, t, _ = inputs()
+    with torch.no_grad():
+        out = model(noisy, rec, cam, t)
+        noisy2, cam2 = noisy.clone(), cam.clone()
+        noisy2[:, 4:] += 3
+        cam2[:, 4:] -= 2
+        out2 = model(noisy2, rec, cam2, t)
+    torch.testing.assert_close(out2[:, :4], out[:, :4], rtol=0, atol=0)
+    assert not torch.allclose(out2[:, 4:], out[:, 4:])
+
+
+def test_flex_backend_model_equals_sdpa_model():
+    model = make_model(window=2)
+    noisy, rec, cam, t, _ = inputs()
+    with torch.no_grad():
+        ref = model(noisy, rec, cam, t)
+        model.cfg.attention_backend = "flex"
+        out = model(noisy, rec, cam, t)
+    assert rel_err(out, ref) <= 1e-5
+
+
+def test_discriminator_emits_one_logit_per_frame():
+    model = make_model(logit_head=True)
+    noisy, rec, cam, t, _ = inputs()
+    logits = model(noisy, rec, cam, t)
+    assert logits.shape == (B, F)
+    logits.sum().backward()  # differentiable end to end
+    assert model.latent_proj.weight.grad is not None
+
+
+def test_activation_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    plain = make_model(window=2)
+    ckpt = make_model(window=2, checkpoint_activations=True)
+    ckpt.load_state_dict(plain.state_dict())
+    noisy, rec, cam, t, _ = inputs()
+    for m in (plain, ckpt):
+        m.train()
+        m(noisy, rec, cam, t).square().mean().backward()
+    for (n, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_adaln_zero_init_outputs_zero_velocity():
+    model = WorldDiT(model_config("tiny", dim=64, depth=2, heads=4))
+    noisy, rec, cam, t, _ = inputs()
+    assert model(noisy, rec, cam, t).abs().max().item() == 0.0
+
+
+def test_bad_shapes_are_named():
+    model = make_model()
+    noisy, rec, cam, t, _ = inputs()
+    with pytest.raises(ValueError, match="camera has shape"):
+        model(noisy, rec, cam[:, :, :10], t)
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        model(noisy[..., :5], rec[..., :5], cam[..., :5], t)
+    with pytest.raises(ValueError, match="no context stream"):
+        model(noisy, rec, cam, t, context=torch.zeros(B, 2, 8))

@@ -1,0 +1,366 @@
+"""The block-causal MMDiT world model; the generator and the discriminator share this class.
+
+Per latent frame the input is the channel concat of the noisy latent, the recycled
+latent of the previous frame and the camera (Plücker) channels. Frames are patchified
+into N tokens each; blocks are MMDiT (a video stream plus an optional context stream,
+joint attention, adaLN-Zero from the per-frame timestep). Attention is block causal
+over frames (attention.py); `forward` runs a whole clip in parallel (training) and
+`forward_step` runs one frame per stream against a KV cache (inference).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from worldmodel.attention import FrameLayout, block_causal_attention, cached_attention
+from worldmodel.config import DiTConfig
+from worldmodel.kv_cache import KVCache
+from worldmodel.rope import Rope3D, apply_rotary, cos_sin
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x (B, F, N, D), shift/scale (B, F, D)."""
+    return x * (1 + scale[:, :, None]) + shift[:, :, None]
+
+
+class TimestepEmbedder(nn.Module):
+    """Flow time t in [0, 1] -> sinusoidal features -> MLP."""
+
+    def __init__(self, dim: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = (t.float() * 1000.0)[..., None] * freqs  # (..., half); t scaled so low freqs resolve [0, 1]
+        emb = torch.cat([args.cos(), args.sin()], dim=-1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class Mlp(nn.Sequential):
+    """Linear -> GELU(tanh) -> Linear."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+class StreamAttnParams(nn.Module):
+    """QKV projection with per-head RMS query/key norm, and the output projection, of one stream."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
+        self.out = nn.Linear(dim, dim)
+
+    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L, D) -> q, k, v each (B, H, L, d)."""
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
+        return self.q_norm(q), self.k_norm(k), v
+
+
+class MMDiTBlock(nn.Module):
+    """Video stream with adaLN-Zero, optional context stream, joint block-causal attention."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        D, hidden = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
+        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.attn = StreamAttnParams(D, cfg.heads, cfg.qk_norm)
+        self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(D, hidden)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+        self.has_context = cfg.context_dim > 0
+        if self.has_context:
+            # The context attends only to itself and is not modulated by t, so at inference
+            # its keys/values are computed once per context and cached.
+            self.c_norm1 = nn.LayerNorm(D, eps=1e-6)
+            self.c_attn = StreamAttnParams(D, cfg.heads, cfg.qk_norm)
+            self.c_norm2 = nn.LayerNorm(D, eps=1e-6)
+            self.c_mlp = Mlp(D, hidden)
+
+    def context_qkv(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Context tokens (B, C, D) -> q, k, v (B, H, C, d)."""
+        return self.c_attn.qkv_heads(self.c_norm1(c))
+
+    def context_out(self, c: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """Residual updates of the context stream given its attention output (B, H, C, d)."""
+        c = c + self.c_attn.out(rearrange(attn_out, "b h l d -> b l (h d)"))
+        return c + self.c_mlp(self.c_norm2(c))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        temb: torch.Tensor,
+        c: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        sink_rope: tuple[torch.Tensor, torch.Tensor] | None,
+        layout: FrameLayout,
+        backend: str,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Parallel forward. x (B, F*N, D), temb (B, F, D), c (B, C, D) or None."""
+        B, L, D = x.shape
+        Fr, N = layout.frames, layout.frame_tokens
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(temb).chunk(6, dim=-1)  # each (B, F, D)
+        h = modulate(self.norm1(x).view(B, Fr, N, D), sh1, sc1).view(B, L, D)
+        q, k, v = self.attn.qkv_heads(h)  # (B, H, L, d)
+        k0 = k[:, :, :N]  # first frame's keys before RoPE, for the re-rotated sink copies
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if layout.sink_copies:
+            S = layout.sink_copies
+            k = torch.cat([k, apply_rotary(k0.repeat(1, 1, S, 1), *sink_rope)], dim=2)
+            v = torch.cat([v, v[:, :, :N].repeat(1, 1, S, 1)], dim=2)
+        if c is not None:
+            cq, ck, cv = self.context_qkv(c)
+            q, k, v = torch.cat([cq, q], 2), torch.cat([ck, k], 2), torch.cat([cv, v], 2)
+        o = block_causal_attention(q, k, v, layout, backend)  # (B, H, C + L, d)
+        Cn = layout.context
+        if c is not None:
+            c = self.context_out(c, o[:, :, :Cn])
+        o = rearrange(o[:, :, Cn:], "b h l d -> b l (h d)")
+        x = x + (g1[:, :, None] * self.attn.out(o).view(B, Fr, N, D)).view(B, L, D)
+        h = modulate(self.norm2(x).view(B, Fr, N, D), sh2, sc2)
+        x = x + (g2[:, :, None] * self.mlp(h)).view(B, L, D)
+        return x, c
+
+    def forward_step(
+        self,
+        x: torch.Tensor,
+        temb: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        rope_q: tuple[torch.Tensor, torch.Tensor],
+        rope_sink: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """One frame per stream against the cache. x (B, N, D), temb (B, 1, D)."""
+        B, N, D = x.shape
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(temb).chunk(6, dim=-1)  # each (B, 1, D)
+        h = modulate(self.norm1(x)[:, None], sh1, sc1)[:, 0]
+        q, k, v = self.attn.qkv_heads(h)  # (B, H, N, d)
+        cos_q, sin_q, cos_sp, sin_sp = *rope_q, *rope_sink[:2]
+        cache.write(layer, apply_rotary(k, cos_q, sin_q), v)
+        cache.write_sink(layer, apply_rotary(k, cos_sp, sin_sp), *rope_sink[2:], rotate=apply_rotary)
+        o = cached_attention(apply_rotary(q, cos_q, sin_q).to(cache.k.dtype), cache.k[layer], cache.v[layer], cache.plan["valid"])
+        x = x + g1 * self.attn.out(rearrange(o, "b h l d -> b l (h d)").to(x.dtype))
+        return x + g2 * self.mlp(modulate(self.norm2(x)[:, None], sh2, sc2)[:, 0])
+
+
+class FinalLayer(nn.Module):
+    """adaLN then a zero-initialised projection to patch velocities."""
+
+    def __init__(self, dim: int, out: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, out)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """x (B, F, N, D), temb (B, F, D) -> (B, F, N, out)."""
+        shift, scale = self.ada(temb).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class FrameLogitHead(nn.Module):
+    """Discriminator head: a learned query attends over each frame's tokens -> one logit per frame."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.proj = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, F, N, D) -> (B, F)."""
+        x = self.norm(x)
+        w = torch.softmax(x @ self.query / math.sqrt(x.shape[-1]), dim=-1)  # (B, F, N)
+        pooled = (w[..., None] * x).sum(2)  # (B, F, D)
+        return self.proj(pooled)[..., 0]
+
+
+class WorldDiT(nn.Module):
+    """Block-causal camera-conditioned MMDiT; `logit_head=True` makes it a discriminator."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        p, C, D = cfg.patch_size, cfg.latent_channels, cfg.dim
+        self.latent_proj = nn.Linear(2 * C * p * p, D)
+        # Camera channels get their own randomly initialised projection (not zeroed): the
+        # paper finds random init adapts to the new input much faster.
+        self.camera_proj = nn.Linear(cfg.camera_channels * p * p, D)
+        self.t_embed = TimestepEmbedder(D)
+        self.context_proj = nn.Linear(cfg.context_dim, D) if cfg.context_dim else None
+        self.blocks = nn.ModuleList(MMDiTBlock(cfg) for _ in range(cfg.depth))
+        self.final = FinalLayer(D, C * p * p)
+        self.logit_head = FrameLogitHead(D) if cfg.logit_head else None
+        self.rope = Rope3D(cfg.head_dim, cfg.rope_ref_grid, cfg.rope_theta, cfg.rope_temporal_fraction, cfg.temporal_interval)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """DiT init: xavier linears, adaLN-Zero (modulation and output projection start at zero)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.ada[-1].weight)
+            nn.init.zeros_(blk.ada[-1].bias)
+        nn.init.zeros_(self.final.ada[-1].weight)
+        nn.init.zeros_(self.final.ada[-1].bias)
+        nn.init.zeros_(self.final.linear.weight)
+
+    # ---- shapes -------------------------------------------------------------------------
+
+    def token_grid(self, latent_hw: tuple[int, int]) -> tuple[int, int]:
+        """Token rows/cols for a latent grid; raises if it does not divide by the patch size."""
+        h, w = latent_hw
+        p = self.cfg.patch_size
+        if h % p or w % p:
+            raise ValueError(f"latent size {h}x{w} is not divisible by patch_size={p}")
+        return h // p, w // p
+
+    def _embed(self, noisy: torch.Tensor, recycled: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+        """(B, F, C, h, w) x2 + (B, F, Cc, h, w) -> tokens (B, F, N, D)."""
+        cfg = self.cfg
+        for name, x, ch in (("noisy", noisy, cfg.latent_channels), ("recycled", recycled, cfg.latent_channels),
+                            ("camera", camera, cfg.camera_channels)):
+            if x.ndim != 5 or x.shape[2] != ch:
+                raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (B, F, {ch}, h, w)")
+        p = cfg.patch_size
+        lat = rearrange(torch.cat([noisy, recycled], 2), "b f c (h p) (w q) -> b f (h w) (c p q)", p=p, q=p)
+        cam = rearrange(camera, "b f c (h p) (w q) -> b f (h w) (c p q)", p=p, q=p)
+        return self.latent_proj(lat) + self.camera_proj(cam.to(lat.dtype))
+
+    def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        p = self.cfg.patch_size
+        return rearrange(x, "b f (h w) (c p q) -> b f c (h p) (w q)", h=grid[0], w=grid[1], p=p, q=p)
+
+    @staticmethod
+    def _frame_t(t: torch.Tensor | float, B: int, Fr: int, device: torch.device) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float32, device=device)
+        if t.ndim == 0:
+            t = t.expand(B)
+        if t.ndim == 1:
+            t = t[:, None].expand(B, Fr)
+        if t.shape != (B, Fr):
+            raise ValueError(f"t has shape {tuple(t.shape)}, expected (), (B,) or (B, F) = ({B}, {Fr})")
+        return t
+
+    # ---- parallel (training) forward ----------------------------------------------------
+
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        recycled: torch.Tensor,
+        camera: torch.Tensor,
+        t: torch.Tensor | float,
+        context: torch.Tensor | None = None,
+        window: int | None = -1,
+        frame_offset: int = 0,
+    ) -> torch.Tensor:
+        """Whole clip at once. noisy/recycled (B, F, C, h, w), camera (B, F, Cc, h, w), t (B,) or (B, F).
+
+        Returns the velocity (B, F, C, h, w), or per-frame logits (B, F) with the logit head.
+        `window=-1` uses the config's window, `None` attends to every past frame.
+        `frame_offset` shifts temporal positions (long-video segments).
+        """
+        B, Fr = noisy.shape[:2]
+        grid = self.token_grid(noisy.shape[-2:])
+        N = grid[0] * grid[1]
+        win = self.cfg.window if window == -1 else window
+        x = self._embed(noisy, recycled, camera).flatten(1, 2)  # (B, F*N, D)
+        temb = self.t_embed(self._frame_t(t, B, Fr, x.device))  # (B, F, D)
+        c = self._embed_context(context, B)
+        layout = FrameLayout(0 if c is None else c.shape[1], N, Fr, win)
+        frames = torch.arange(Fr, device=x.device) + frame_offset
+        rope = cos_sin(self.rope.video_angles(frames, grid), x.dtype)
+        sink_rope = None
+        if layout.sink_copies:
+            copy_q = torch.arange(layout.first_copy_frame, Fr, device=x.device)
+            sink_frames = (copy_q - (win + 1)) + frame_offset
+            sink_rope = cos_sin(self.rope.video_angles(sink_frames, grid), x.dtype)
+        for blk in self.blocks:
+            args = (x, temb, c, rope, sink_rope, layout, self.cfg.attention_backend)
+            if self.cfg.checkpoint_activations and torch.is_grad_enabled():
+                x, c = checkpoint(blk, *args, use_reentrant=False)
+            else:
+                x, c = blk(*args)
+        x = x.view(B, Fr, N, -1)
+        if self.logit_head is not None:
+            return self.logit_head(x)
+        return self._unpatchify(self.final(x, temb), grid)
+
+    def _embed_context(self, context: torch.Tensor | None, B: int) -> torch.Tensor | None:
+        if context is None:
+            return None
+        if self.context_proj is None:
+            raise ValueError("this model has no context stream (context_dim=0) but a context was given")
+        if context.ndim != 3 or context.shape[0] != B or context.shape[2] != self.cfg.context_dim:
+            raise ValueError(f"context has shape {tuple(context.shape)}, expected ({B}, C, {self.cfg.context_dim})")
+        return self.context_proj(context)
+
+    # ---- streaming (inference) ----------------------------------------------------------
+
+    def new_cache(
+        self, batch: int, latent_hw: tuple[int, int], window: int | None = None, context_tokens: int = 0,
+        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+    ) -> KVCache:
+        """An empty KV cache sized for this model, a latent grid and a window (default: config)."""
+        grid = self.token_grid(latent_hw)
+        ref = next(self.parameters())
+        return KVCache(
+            self.cfg.depth, batch, self.cfg.heads, self.cfg.head_dim, grid[0] * grid[1],
+            self.cfg.window if window is None else window, context_tokens,
+            device=device or ref.device, dtype=dtype or ref.dtype,
+        )
+
+    @torch.no_grad()
+    def prefill_context(self, cache: KVCache, context: torch.Tensor) -> None:
+        """Run the context stream through every block once and cache its keys/values."""
+        c = self._embed_context(context, cache.batch)
+        if c.shape[1] != cache.C:
+            raise ValueError(f"context has {c.shape[1]} tokens, the cache was made for {cache.C}")
+        for i, blk in enumerate(self.blocks):
+            q, k, v = blk.context_qkv(c)
+            cache.set_context(i, k, v)
+            c = blk.context_out(c, F.scaled_dot_product_attention(q, k, v))
+
+    def forward_step(
+        self, noisy: torch.Tensor, recycled: torch.Tensor, camera: torch.Tensor, t: torch.Tensor | float,
+        cache: KVCache, advance: bool = True,
+    ) -> torch.Tensor:
+        """One latent frame per stream. noisy/recycled (B, C, h, w), camera (B, Cc, h, w) -> velocity (B, C, h, w).
+
+        `advance=False` evaluates the frame without committing it (its keys stay in the
+        slot and are overwritten by the next call for the same frame): multi-step samplers.
+        """
+        B = noisy.shape[0]
+        grid = self.token_grid(noisy.shape[-2:])
+        x = self._embed(noisy[:, None], recycled[:, None], camera[:, None])[:, 0]  # (B, N, D)
+        temb = self.t_embed(self._frame_t(t, B, 1, x.device))  # (B, 1, D)
+        plan = cache.prepare()
+        sp = self.rope.spatial_angles(grid, x.device)  # (N, P)
+        rope_q = cos_sin(self.rope.temporal_angles(plan["pos"])[:, None, None] + sp, x.dtype)  # (B, 1, N, P)
+        rope_sp = cos_sin(sp, x.dtype)
+        # The cached sink keys already carry their spatial rotation; only time is re-applied.
+        rope_sink = cos_sin(self.rope.temporal_angles(plan["sink_pos"])[:, None, None], cache.k.dtype)  # (B, 1, 1, P)
+        for i, blk in enumerate(self.blocks):
+            x = blk.forward_step(x, temb, cache, i, rope_q, (*rope_sp, *rope_sink))
+        if advance:
+            cache.advance()
+        x = x[:, None]  # (B, 1, N, D)
+        if self.logit_head is not None:
+            return self.logit_head(x)[:, 0]
+        return self._unpatchify(self.final(x, temb), grid)[:, 0]

@@ -1,0 +1,85 @@
+"""3D rotary position embedding: time, rows, cols.
+
+- Spatial positions are stretched onto a fixed reference grid, so a token at the centre
+  of a 13x23 grid and one at the centre of a 26x46 grid get the same angle: one model
+  serves several resolutions.
+- Temporal positions are `frame_index * temporal_interval`, computed on the fly in
+  float64 (no table that can run out; angles stay precise for billions of frames).
+- Each head's dims are split into three disjoint groups of rotation pairs (time, rows,
+  cols). Rotations on disjoint pairs commute, so temporal and spatial angles simply add:
+  the KV cache stores spatially rotated keys and re-rotates only in time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def split_dims(head_dim: int, temporal_fraction: float) -> tuple[int, int, int]:
+    """Rotation pairs per axis (time, rows, cols) for a head of `head_dim` dims."""
+    pairs = head_dim // 2
+    t = max(1, round(pairs * temporal_fraction))
+    rows = (pairs - t) // 2
+    return t, rows, pairs - t - rows
+
+
+class Rope3D:
+    """Angles for (frame, row, col) positions; no learned state, no length limit."""
+
+    def __init__(
+        self,
+        head_dim: int,
+        ref_grid: tuple[int, int],
+        theta: float = 10000.0,
+        temporal_fraction: float = 0.25,
+        temporal_interval: float = 1.0,
+    ) -> None:
+        self.pairs = head_dim // 2
+        self.t_pairs, self.h_pairs, self.w_pairs = split_dims(head_dim, temporal_fraction)
+        self.ref_grid = ref_grid
+        self.temporal_interval = temporal_interval
+
+        def freqs(n: int) -> torch.Tensor:
+            return theta ** (-torch.arange(n, dtype=torch.float64) / max(n, 1))
+
+        self.f_t, self.f_h, self.f_w = freqs(self.t_pairs), freqs(self.h_pairs), freqs(self.w_pairs)
+
+    def spatial_angles(self, grid: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
+        """(h*w, pairs) float64 angles of a token grid, zero on the temporal pairs."""
+        h, w = grid
+        rh, rw = self.ref_grid
+        ys = (torch.arange(h, dtype=torch.float64) + 0.5) * (rh / h)  # stretched to the reference grid
+        xs = (torch.arange(w, dtype=torch.float64) + 0.5) * (rw / w)
+        a_h = (ys[:, None] * self.f_h[None]).repeat_interleave(w, 0)  # (h*w, h_pairs)
+        a_w = (xs[:, None] * self.f_w[None]).repeat(h, 1)  # (h*w, w_pairs)
+        a_t = torch.zeros(h * w, self.t_pairs, dtype=torch.float64)
+        return torch.cat([a_t, a_h, a_w], dim=1).to(device)
+
+    def temporal_angles(self, frames: torch.Tensor) -> torch.Tensor:
+        """(..., pairs) float64 angles for frame indices (...,), zero on the spatial pairs."""
+        pos = frames.to(torch.float64) * self.temporal_interval
+        a_t = pos[..., None] * self.f_t.to(pos.device)
+        zeros = torch.zeros(*pos.shape, self.h_pairs + self.w_pairs, dtype=torch.float64, device=pos.device)
+        return torch.cat([a_t, zeros], dim=-1)
+
+    def video_angles(self, frames: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(F*h*w, pairs) angles for frames (F,) x grid, frame-major token order."""
+        sp = self.spatial_angles(grid, frames.device)  # (N, P)
+        tm = self.temporal_angles(frames)  # (F, P)
+        return (tm[:, None, :] + sp[None]).reshape(-1, self.pairs)
+
+
+def cos_sin(angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of float64 angles, reduced mod 2*pi first so large positions keep precision."""
+    a = torch.remainder(angles, 2 * math.pi)
+    return a.cos().to(dtype), a.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of the last dim: x (..., L, D), cos/sin broadcastable to (..., L, D/2)."""
+    x2 = x.unflatten(-1, (-1, 2))  # (..., L, D/2, 2)
+    x0, x1 = x2[..., 0], x2[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return out.flatten(-2).type_as(x)
