@@ -1,1 +1,6 @@
 """Gymnasium environments: the learned world and the real camera world on ViZDoom."""
+
+from gymnasium.envs.registration import register
+
+# The engine starts lazily on the first reset, so registering (and importing envs) is cheap.
+register(id="worldmodel/DoomCamera-v0", entry_point="envs.doom:DoomCameraEnv")

@@ -16,13 +16,14 @@ def test_dims_split_into_three_axes():
 def test_spatial_positions_stretch_to_the_reference_grid():
     full = rope.spatial_angles((26, 46)).view(26, 46, -1)
     half = rope.spatial_angles((13, 23)).view(13, 23, -1)
-    # the same relative location (cell centre spans) maps to the same stretched position
-    torch.testing.assert_close(half[0, 0] * 2 - rope.spatial_angles((1, 1))[0] * 0, half[0, 0] * 2)
+    # both grids span the same stretched extent
     assert torch.allclose(full.amax(dim=(0, 1)), half.amax(dim=(0, 1)), rtol=0.05)
-    # the centre cell of any odd grid sits at the centre of the reference grid
+    # the same relative location maps to the same position: centre cell of any odd grid
+    # sits at the centre of the reference grid; a 2x finer grid's cell pair straddles it
     c1 = rope.spatial_angles((13, 23)).view(13, 23, -1)[6, 11]
     c2 = rope.spatial_angles((1, 1))[0]
     torch.testing.assert_close(c1, c2)
+    torch.testing.assert_close((full[12, 22] + full[13, 23]) / 2, c2)
 
 
 def _score(pq: float, pk: float) -> torch.Tensor:

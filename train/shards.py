@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ def write_shard(
                 map=np.array(map_name),
                 seed=np.array(seed, dtype=np.int64),
             )
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shards are shared data
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -96,10 +98,36 @@ def read_shard(path: str | Path) -> dict[str, Any]:
             out = {k: z[k] for k in SHARD_KEYS}
     except ShardError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
         raise ShardError(f"shard {path} is corrupt or truncated ({type(e).__name__}: {e})") from e
     out["wad"], out["map"], out["seed"] = str(out["wad"]), str(out["map"]), int(out["seed"])
     _check(path, out["frames"], out["c2w"], out["intrinsics"])
+    return out
+
+
+def read_shard_poses(path: str | Path) -> dict[str, Any]:
+    """Load only c2w, intrinsics, map and seed (no frame decompression); ShardError on a bad file."""
+    path = Path(path)
+    if not path.exists():
+        raise ShardError(f"shard {path} does not exist")
+    keys = ("c2w", "intrinsics", "map", "seed")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in SHARD_KEYS if k not in z.files]
+            if missing:
+                raise ShardError(f"shard {path} lacks keys {missing}; expected {list(SHARD_KEYS)}")
+            out = {k: z[k] for k in keys}
+    except ShardError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
+        raise ShardError(f"shard {path} is corrupt or truncated ({type(e).__name__}: {e})") from e
+    out["map"], out["seed"] = str(out["map"]), int(out["seed"])
+    c2w, k = np.asarray(out["c2w"], dtype=np.float64), np.asarray(out["intrinsics"], dtype=np.float64)
+    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or not np.isfinite(c2w).all():
+        raise ShardError(f"shard {path}: c2w {c2w.shape}, expected finite (T, 4, 4)")
+    if k.shape != (4,) or not np.isfinite(k).all():
+        raise ShardError(f"shard {path}: intrinsics {k.shape}, expected 4 finite values fx, fy, cx, cy")
+    out["c2w"], out["intrinsics"] = c2w, k
     return out
 
 
