@@ -1,0 +1,49 @@
+"""Action-space helpers shared by the camera envs (the learned world and DoomCamera-v0)."""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+
+from worldmodel.camera import ACTION_LAYOUT
+
+DEFAULT_MAX_TRANSLATION = 32.0
+"""Default bound on |tx|, |ty|, |tz| per step, in scene units (Doom map units for the bundled data)."""
+DEFAULT_MAX_ROTATION = 0.5
+"""Default bound on |rx|, |ry|, |rz| per step, in radians (0.5 rad per 4 tics is a brisk turn)."""
+
+
+def camera_action_space(
+    max_translation: float = DEFAULT_MAX_TRANSLATION, max_rotation: float = DEFAULT_MAX_ROTATION
+) -> spaces.Box:
+    """Box(6) of relative camera poses [tx, ty, tz, rx, ry, rz] (scene units, axis-angle radians)."""
+    high = np.array([max_translation] * 3 + [max_rotation] * 3, dtype=np.float32)
+    return spaces.Box(low=-high, high=high, dtype=np.float32)
+
+
+def validate_action(action: object, space: spaces.Box, layout: str = ACTION_LAYOUT) -> np.ndarray:
+    """Check shape, dtype and finiteness of an action for a Box space; return it as float64.
+
+    Raises ValueError naming the problem and the expected layout; never mutates env state,
+    so an env that validates first stays usable after a bad action.
+    """
+    try:
+        a = np.asarray(action)
+    except Exception as e:  # ragged lists and other junk
+        raise ValueError(f"action {action!r} is not array-like; expected shape {space.shape} = {layout}") from e
+    if a.shape != space.shape:
+        raise ValueError(f"action has shape {a.shape}, expected {space.shape} = {layout}")
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise ValueError(f"action has dtype {a.dtype}, expected a float array of shape {space.shape} = {layout}")
+    a = a.astype(np.float64)
+    if np.isnan(a).any():
+        raise ValueError(f"action contains NaN at {np.argwhere(np.isnan(a)).ravel().tolist()}: {a.tolist()} ({layout})")
+    if not np.isfinite(a).all():
+        raise ValueError(f"action contains inf at {np.argwhere(~np.isfinite(a)).ravel().tolist()}: {a.tolist()} ({layout})")
+    return a
+
+
+def clip_action(action: np.ndarray, space: spaces.Box) -> tuple[np.ndarray, bool]:
+    """Clip a validated action into the space's bounds; returns (clipped, whether anything changed)."""
+    c = np.clip(action, space.low.astype(np.float64), space.high.astype(np.float64))
+    return c, bool((c != action).any())
