@@ -101,11 +101,13 @@ def save_world_model(
     camera_stats: CameraStats | None = None,
     extra_modules: dict[str, nn.Module] | None = None,
     extra_meta: dict[str, Any] | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Save the DiT (under `dit.`) plus optional extra modules (e.g. `vae.`) and camera stats."""
+    """Save the DiT (under `dit.`) plus optional extra modules (e.g. `vae.`), tensors and camera stats."""
     tensors = {f"dit.{k}": v for k, v in model.state_dict().items()}
     for name, mod in (extra_modules or {}).items():
         tensors.update({f"{name}.{k}": v for k, v in mod.state_dict().items()})
+    tensors.update(extra_tensors or {})
     meta = {
         "dit_config": config_to_dict(cfg),
         "camera_stats": None if camera_stats is None else {"mean": camera_stats.mean, "std": camera_stats.std},
