@@ -8,6 +8,10 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 import pytest
 import torch
 
+# The test models are tiny: one thread avoids oversubscription (2 cores, several workers)
+# and keeps results independent of the machine's core count.
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

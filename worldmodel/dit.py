@@ -72,6 +72,10 @@ class StreamAttnParams(nn.Module):
 class MMDiTBlock(nn.Module):
     """Video stream with adaLN-Zero, optional context stream, joint block-causal attention."""
 
+    cp = None
+    """Ulysses context-parallel hook (worldmodel.parallel.ulysses.UlyssesGroup), set by
+    `parallelize`; None in one process. With it, x holds this rank's frames only."""
+
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         D, hidden = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
@@ -110,10 +114,13 @@ class MMDiTBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Parallel forward. x (B, F*N, D), temb (B, F, D), c (B, C, D) or None."""
         B, L, D = x.shape
-        Fr, N = layout.frames, layout.frame_tokens
+        N = layout.frame_tokens
+        Fr = L // N  # this rank's frames (all of them without context parallelism)
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(temb).chunk(6, dim=-1)  # each (B, F, D)
         h = modulate(self.norm1(x).view(B, Fr, N, D), sh1, sc1).view(B, L, D)
         q, k, v = self.attn.qkv_heads(h)  # (B, H, L, d)
+        if self.cp is not None:  # Ulysses: (B, H, L/cp, d) token shards -> (B, H/cp, L, d) head shards
+            q, k, v = self.cp.seq_to_heads(torch.cat([q, k, v])).chunk(3)
         k0 = k[:, :, :N]  # first frame's keys before RoPE, for the re-rotated sink copies
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if layout.sink_copies:
@@ -122,12 +129,17 @@ class MMDiTBlock(nn.Module):
             v = torch.cat([v, v[:, :, :N].repeat(1, 1, S, 1)], dim=2)
         if c is not None:
             cq, ck, cv = self.context_qkv(c)
+            if self.cp is not None:  # the context is replicated: keep this rank's heads
+                cq, ck, cv = (self.cp.head_slice(z) for z in (cq, ck, cv))
             q, k, v = torch.cat([cq, q], 2), torch.cat([ck, k], 2), torch.cat([cv, v], 2)
         o = block_causal_attention(q, k, v, layout, backend)  # (B, H, C + L, d)
         Cn = layout.context
+        oc, o = o[:, :, :Cn], o[:, :, Cn:]
+        if self.cp is not None:
+            oc, o = self.cp.gather_heads(oc), self.cp.heads_to_seq(o)  # (B, H, C, d), (B, H, L/cp, d)
         if c is not None:
-            c = self.context_out(c, o[:, :, :Cn])
-        o = rearrange(o[:, :, Cn:], "b h l d -> b l (h d)")
+            c = self.context_out(c, oc)
+        o = rearrange(o, "b h l d -> b l (h d)")
         x = x + (g1[:, :, None] * self.attn.out(o).view(B, Fr, N, D)).view(B, L, D)
         h = modulate(self.norm2(x).view(B, Fr, N, D), sh2, sc2)
         x = x + (g2[:, :, None] * self.mlp(h)).view(B, L, D)
@@ -150,7 +162,8 @@ class MMDiTBlock(nn.Module):
         cos_q, sin_q, cos_sp, sin_sp = *rope_q, *rope_sink[:2]
         cache.write(layer, apply_rotary(k, cos_q, sin_q), v)
         cache.write_sink(layer, apply_rotary(k, cos_sp, sin_sp), *rope_sink[2:], rotate=apply_rotary)
-        o = cached_attention(apply_rotary(q, cos_q, sin_q).to(cache.k.dtype), cache.k[layer], cache.v[layer], cache.plan["valid"])
+        keys, values = cache.keys_values(layer)
+        o = cached_attention(apply_rotary(q, cos_q, sin_q).to(keys.dtype), keys, values, cache.plan["valid"])
         x = x + g1 * self.attn.out(rearrange(o, "b h l d -> b l (h d)").to(x.dtype))
         return x + g2 * self.mlp(modulate(self.norm2(x)[:, None], sh2, sc2)[:, 0])
 
@@ -189,6 +202,10 @@ class FrameLogitHead(nn.Module):
 
 class WorldDiT(nn.Module):
     """Block-causal camera-conditioned MMDiT; `logit_head=True` makes it a discriminator."""
+
+    cp = None
+    """Ulysses context-parallel hook set by `worldmodel.parallel.parallelize`; None in one
+    process. With it, `forward` keeps inputs and outputs whole and computes on this rank's frames."""
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
@@ -280,8 +297,13 @@ class WorldDiT(nn.Module):
         grid = self.token_grid(noisy.shape[-2:])
         N = grid[0] * grid[1]
         win = self.cfg.window if window == -1 else window
-        x = self._embed(noisy, recycled, camera).flatten(1, 2)  # (B, F*N, D)
+        cp = self.cp
+        if cp is not None:  # context parallelism: this rank embeds and keeps its own frames
+            noisy, recycled, camera = (cp.shard(z, 1) for z in (noisy, recycled, camera))
+        x = self._embed(noisy, recycled, camera).flatten(1, 2)  # (B, F*N, D), F local under cp
         temb = self.t_embed(self._frame_t(t, B, Fr, x.device))  # (B, F, D)
+        if cp is not None:
+            temb = cp.shard(temb, 1)
         c = self._embed_context(context, B)
         layout = FrameLayout(0 if c is None else c.shape[1], N, Fr, win)
         frames = torch.arange(Fr, device=x.device) + frame_offset
@@ -297,10 +319,9 @@ class WorldDiT(nn.Module):
                 x, c = checkpoint(blk, *args, use_reentrant=False)
             else:
                 x, c = blk(*args)
-        x = x.view(B, Fr, N, -1)
-        if self.logit_head is not None:
-            return self.logit_head(x)
-        return self._unpatchify(self.final(x, temb), grid)
+        x = x.view(B, -1, N, x.shape[-1])  # (B, F, N, D)
+        out = self.logit_head(x) if self.logit_head is not None else self._unpatchify(self.final(x, temb), grid)
+        return out if cp is None else cp.gather(out, 1)
 
     def _embed_context(self, context: torch.Tensor | None, B: int) -> torch.Tensor | None:
         if context is None:
@@ -355,7 +376,7 @@ class WorldDiT(nn.Module):
         rope_q = cos_sin(self.rope.temporal_angles(plan["pos"])[:, None, None] + sp, x.dtype)  # (B, 1, N, P)
         rope_sp = cos_sin(sp, x.dtype)
         # The cached sink keys already carry their spatial rotation; only time is re-applied.
-        rope_sink = cos_sin(self.rope.temporal_angles(plan["sink_pos"])[:, None, None], cache.k.dtype)  # (B, 1, 1, P)
+        rope_sink = cos_sin(self.rope.temporal_angles(plan["sink_pos"])[:, None, None], cache.dtype)  # (B, 1, 1, P)
         for i, blk in enumerate(self.blocks):
             x = blk.forward_step(x, temb, cache, i, rope_q, (*rope_sp, *rope_sink))
         if advance:

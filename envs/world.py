@@ -1,0 +1,329 @@
+"""`worldmodel/World-v0`: the learned world as a Gymnasium env.
+
+    env = gymnasium.make("worldmodel/World-v0", checkpoint="world.safetensors")
+    obs, info = env.reset(seed=0)                       # obs: uint8 (frames_per_step, H, W, 3)
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+
+The single env (`WorldEnv`) and the vector env (`envs.world_vector.WorldVectorEnv`) share one
+core, `WorldEpisodes`: N episodes over one `World`, stepped with one transformer evaluation and
+one streaming VAE decode for all N together. The single env is that core with N = 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.rewards import RewardFn, TerminationFn, never_terminate, zero_reward
+from envs.spaces import check_action_bounds, validate_action
+from worldmodel.camera import ACTION_LAYOUT, integrate
+from worldmodel.world import World
+
+DEFAULT_RENDER_FPS = 35
+"""Video frames per second when the world's card names none: the bundled Doom data's tic rate."""
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """Wall-clock time of one step (seconds), in `info["timing"]`.
+
+    Timings are measurements, not part of an episode: two StepTimings always compare equal, so
+    infos of the same seeded episode are equal (Gymnasium's determinism check compares infos).
+    """
+
+    latency_s: float = field(compare=False)
+    """Whole step: transformer evaluation + streaming decode + host copies."""
+    transformer_s: float = field(compare=False)
+    """The one transformer evaluation (camera maps included)."""
+    decode_s: float = field(compare=False)
+    """The streaming VAE decode of the new latent frame (at reset: encode + first decode)."""
+
+
+def load_world(checkpoint: str | Path | None = None, world: World | None = None, device: str = "cpu") -> World:
+    """The world an env runs: an already-loaded `world`, else `World.load(checkpoint)` (None = bundled)."""
+    if world is not None:
+        if checkpoint is not None:
+            raise ValueError("pass either checkpoint=PATH or world=World, not both")
+        return world
+    return World.load(checkpoint, device=device)
+
+
+def world_action_space(world: World) -> spaces.Box:
+    """Box(6) float32 of relative camera poses, bounded per component by the world file's action bounds."""
+    low = np.asarray(world.meta.action_low, dtype=np.float64)
+    high = np.asarray(world.meta.action_high, dtype=np.float64)
+    if low.shape != (6,) or high.shape != (6,) or not (low < high).all():
+        raise ValueError(
+            f"world file has action bounds low={low.tolist()}, high={high.tolist()}; expected 6 values each "
+            f"with low < high for {ACTION_LAYOUT}"
+        )
+    return spaces.Box(low=low.astype(np.float32), high=high.astype(np.float32), dtype=np.float32)
+
+
+def world_observation_space(world: World) -> spaces.Box:
+    """Box uint8 (frames_per_step, H, W, 3): the decoded video frames of one step."""
+    return spaces.Box(0, 255, (world.frames_per_step, *world.meta.image_hw, 3), dtype=np.uint8)
+
+
+def check_actions(actions: object, space: spaces.Box, layout: str = ACTION_LAYOUT) -> np.ndarray:
+    """Validate actions against a Box: shape, dtype, NaN, inf, bounds; float64 copy, or ValueError."""
+    a = validate_action(actions, space, layout)
+    check_action_bounds(a, space, layout)
+    return a
+
+
+def world_render_fps(world: World) -> int:
+    """Video frame rate of a world: its card's `fps`, else the Doom tic rate."""
+    return int(world.meta.card.get("fps", DEFAULT_RENDER_FPS))
+
+
+class WorldEpisodes:
+    """N episodes over one world, advanced together: the shared core of the single and vector envs.
+
+    Holds everything per episode (pose, step count, random generator, last frames) and applies the
+    env contract: validation, start frames, pose integration, hooks, truncation. Each `step` is one
+    transformer evaluation and one decode for all N streams.
+    """
+
+    def __init__(
+        self,
+        world: World,
+        num_envs: int,
+        max_episode_steps: int | None = None,
+        reward_fn: RewardFn | None = None,
+        termination_fn: TerminationFn | None = None,
+        window: int | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs} must be >= 1")
+        if max_episode_steps is not None and max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1 or None (never truncate)")
+        self.world, self.num_envs = world, num_envs
+        self.max_episode_steps = max_episode_steps
+        self.reward_fn = reward_fn or zero_reward
+        self.termination_fn = termination_fn or never_terminate
+        self.action_space = world_action_space(world)
+        self.observation_space = world_observation_space(world)
+        self.streams = world.streams(num_envs, seeds=list(range(num_envs)), window=window)
+        self.c2w = np.tile(np.eye(4), (num_envs, 1, 1))  # (N, 4, 4) float64
+        self.steps = np.zeros(num_envs, dtype=np.int64)
+        self.frames = np.zeros((num_envs, *self.observation_space.shape), dtype=np.uint8)  # (N, fps, H, W, 3)
+        self.started = False
+
+    # ---- reset -----------------------------------------------------------------------
+
+    def start_image(self, rng: np.random.Generator, options: dict[str, Any], row: int | None) -> tuple[np.ndarray, int]:
+        """The start image of one episode and its bundled index (-1 for a user image)."""
+        H, W = self.world.meta.image_hw
+        if options.get("image") is not None:
+            img = np.asarray(options["image"])
+            if row is not None and img.ndim == 4:
+                img = img[row]
+            if img.dtype != np.uint8 or img.shape != (H, W, 3):
+                raise ValueError(
+                    f"options['image'] is {img.dtype}{img.shape}, expected uint8 ({H}, {W}, 3) "
+                    f"(or ({self.num_envs}, {H}, {W}, 3) for a vector env); resize it to the world's image_hw"
+                )
+            return img, -1
+        starts = self.world.start_frames
+        n = 0 if starts is None else len(starts)
+        if n == 0:
+            raise ValueError("this world file has no bundled start frames; pass options={'image': uint8 (H, W, 3)}")
+        if options.get("start") is not None:
+            idx = np.asarray(options["start"])
+            index = int(idx[row]) if row is not None and idx.ndim == 1 else int(idx)
+            if not 0 <= index < n:
+                raise ValueError(f"options['start']={index} is out of range: the world has {n} start frames (0..{n - 1})")
+        else:
+            index = int(rng.integers(n))
+        return starts[index], index
+
+    def reset(
+        self, idx: Sequence[int], rngs: Sequence[np.random.Generator], options: dict[str, Any] | None,
+        batched_options: bool = False,
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Start episodes `idx` (all of them on the first call); returns their frames and infos.
+
+        Each episode draws its start frame (unless given) and then its noise seed from its own
+        generator, in that order, so a seeded episode is the same in the single and vector env.
+        """
+        idx = list(idx)
+        options = dict(options or {})
+        images, starts, seeds = [], [], []
+        for k, (i, rng) in enumerate(zip(idx, rngs, strict=True)):
+            img, start = self.start_image(rng, options, i if batched_options else None)
+            images.append(img)
+            starts.append(start)
+            seeds.append(int(rng.integers(2**63 - 1)))
+        if not self.started and len(idx) != self.num_envs:
+            raise RuntimeError("the first reset must start every env")
+        t0 = time.perf_counter()
+        frames = self.streams.reset(np.stack(images), streams=idx, seeds=seeds)  # (n, fps, H, W, 3)
+        latency = time.perf_counter() - t0
+        self.started = True
+        self.frames[idx] = frames
+        self.c2w[idx] = np.eye(4)
+        self.steps[idx] = 0
+        infos = [
+            {"c2w": np.eye(4), "step": 0, "start": starts[k], "timing": StepTiming(latency, 0.0, latency)}
+            for k in range(len(idx))
+        ]
+        return frames, infos
+
+    # ---- step ------------------------------------------------------------------------
+
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any] | None]
+    ]:
+        """Advance the `active` episodes (default: all) by validated actions (N, 6), in one forward.
+
+        Inactive streams are stepped too (the batch has a static shape) with a zero action; the
+        caller resets them right after, which discards that step (no forward at all when
+        none is active). Returns frames (N, fps, H, W, 3),
+        rewards, terminated, truncated (N,) and one info per episode (None when inactive).
+        """
+        if not self.started:
+            raise RuntimeError("call reset() before step()")
+        active = np.ones(self.num_envs, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+        actions = np.where(active[:, None], actions, 0.0)
+        if active.any():
+            t0 = time.perf_counter()
+            frames = self.streams.step(actions)  # (N, fps, H, W, 3) uint8
+            latency = time.perf_counter() - t0
+            t = self.streams.last_timing
+            timing = StepTiming(latency, t["transformer_s"], t["decode_s"])
+        else:  # every episode is about to be reset: skip the forward
+            frames, timing = self.frames.copy(), StepTiming(0.0, 0.0, 0.0)
+        rewards = np.zeros(self.num_envs)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        infos: list[dict[str, Any] | None] = [None] * self.num_envs
+        for i in np.flatnonzero(active):
+            self.c2w[i] = integrate(self.c2w[i], actions[i])
+            self.steps[i] += 1
+            self.frames[i] = frames[i]
+            rewards[i] = float(self.reward_fn(frames[i], self.c2w[i].copy(), actions[i].copy()))
+            terminated[i] = bool(self.termination_fn(frames[i], self.c2w[i].copy(), actions[i].copy()))
+            truncated[i] = self.max_episode_steps is not None and self.steps[i] >= self.max_episode_steps
+            infos[i] = {
+                "c2w": self.c2w[i].copy(), "step": int(self.steps[i]), "action": actions[i].copy(), "timing": timing,
+            }
+        return frames, rewards, terminated, truncated, infos
+
+
+class WorldEnv(gym.Env):
+    """A camera moving through a learned world: each step, one network evaluation answers a relative pose.
+
+    ## Action space
+    `Box(low, high, (6,), float32)`: `[tx, ty, tz, rx, ry, rz]`, the camera pose at the end of the
+    step in the camera at the end of the previous step (OpenCV axes: x right, y down, z forward;
+    translation in scene units, rotation as an axis-angle vector in radians; `ry > 0` turns
+    right, `rx > 0` looks up). The per-component bounds `low`/`high` come from the world file
+    (`world.meta.action_low/high`), which whoever trains the world sets from the actions of the
+    training data (the range the model has seen). Actions of the wrong shape or dtype, with NaN
+    or inf, or outside the bounds raise `ValueError` (nothing is clipped) and leave the env usable.
+
+    ## Observation space
+    `Box(0, 255, (frames_per_step, H, W, 3), uint8)`: the decoded video frames of the step. At
+    reset every slot holds the start image as the VAE reconstructs it. For one frame per step,
+    wrap with `envs.wrappers.SingleFrameObservation`.
+
+    ## Reset
+    `reset(seed=..., options=...)`: `options={"image": uint8 (H, W, 3)}` starts from your image,
+    `options={"start": k}` from the world's bundled start frame k; otherwise a bundled start
+    frame is drawn with `self.np_random`. The seed fixes the start choice and the noise of every
+    step (a per-episode torch generator seeded from `self.np_random`), so the same seed and
+    actions give the same frames.
+
+    ## Rewards and episode end
+    `reward_fn(obs, c2w, action) -> float` (default: 0) and `termination_fn(obs, c2w, action)
+    -> bool` (default: never); see `envs.rewards`. Truncates after `max_episode_steps` steps
+    (default: never; `gymnasium.make(..., max_episode_steps=n)` adds a TimeLimit instead).
+
+    ## Info
+    `c2w` (4, 4) float64 camera-to-world pose integrated from the actions (identity at reset);
+    `step` int; `action` (6,) float64 the action received (steps only); `start` (reset only) the
+    bundled start index or -1; `timing` a `StepTiming` (`latency_s` wall time of the step, split
+    into `transformer_s` and `decode_s`).
+    """
+
+    metadata = {"render_modes": ["rgb_array", "human"], "render_fps": DEFAULT_RENDER_FPS}
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        world: World | None = None,
+        max_episode_steps: int | None = None,
+        reward_fn: RewardFn | None = None,
+        termination_fn: TerminationFn | None = None,
+        render_mode: str | None = None,
+        device: str = "cpu",
+        window: int | None = None,
+    ) -> None:
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode={render_mode!r}; World-v0 supports None, 'rgb_array' or 'human'")
+        self.world = load_world(checkpoint, world, device)
+        self.core = WorldEpisodes(self.world, 1, max_episode_steps, reward_fn, termination_fn, window)
+        self.action_space = self.core.action_space
+        self.observation_space = self.core.observation_space
+        self.metadata = {**self.metadata, "render_fps": world_render_fps(self.world)}
+        self.render_mode = render_mode
+        self._window = None
+        self._clock = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start an episode from `options["image"]`, bundled start `options["start"]`, or a seeded draw."""
+        super().reset(seed=seed)
+        frames, infos = self.core.reset([0], [self.np_random], options)
+        if self.render_mode == "human":
+            self._show(frames[0][:1])
+        return frames[0].copy(), infos[0]
+
+    def step(self, action):
+        """Move the camera by one relative pose; one transformer evaluation and one decode."""
+        a = check_actions(action, self.action_space)  # raises before any state changes
+        frames, rewards, terminated, truncated, infos = self.core.step(a[None])
+        if self.render_mode == "human":
+            self._show(frames[0])
+        return frames[0].copy(), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), infos[0]
+
+    def render(self) -> np.ndarray | None:
+        """'rgb_array': the last frame (H, W, 3) uint8; 'human' draws in step/reset and returns None."""
+        if self.render_mode == "rgb_array":
+            return self.core.frames[0, -1].copy()
+        return None
+
+    def _show(self, frames: np.ndarray) -> None:
+        """Play frames (n, H, W, 3) in a pygame window at the world's frame rate."""
+        import pygame  # lazy: only 'human' mode needs a display
+
+        H, W = self.world.meta.image_hw
+        scale = max(1, 512 // W)
+        if self._window is None:
+            pygame.init()
+            pygame.display.init()
+            self._window = pygame.display.set_mode((W * scale, H * scale))
+            pygame.display.set_caption("worldmodel/World-v0")
+            self._clock = pygame.time.Clock()
+        for f in frames:
+            pygame.event.pump()
+            surf = pygame.surfarray.make_surface(np.ascontiguousarray(f.transpose(1, 0, 2)))
+            self._window.blit(pygame.transform.scale(surf, self._window.get_size()), (0, 0))
+            pygame.display.flip()
+            self._clock.tick(self.metadata["render_fps"])
+
+    def close(self) -> None:
+        """Close the human-mode window, if any."""
+        if self._window is not None:
+            import pygame
+
+            pygame.display.quit()
+            self._window = None
+        super().close()

@@ -1,0 +1,339 @@
+"""`python -m viewer`: walk through a learned world with the keyboard and mouse.
+
+The pygame thread handles input, upscaling, the HUD and recording; a worker thread
+(`viewer.worker`) runs the model, so input never waits on it. `--headless` runs the same
+pipeline with no window (SDL's dummy driver), driven by a key script (`viewer.script`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.keyboard import MOVE_KEYS, TURN_KEYS, KeyboardMapping
+from viewer.script import Tick, load_keys
+
+EPILOG = """\
+keys:   W/S forward/back, A/D strafe, arrows yaw/pitch, hold the left mouse button and drag to look,
+        R reset, P pause, V record toggle (mp4 + .actions.jsonl), H help overlay, Esc/Q quit.
+
+examples:
+  python -m viewer --checkpoint world.safetensors
+  python -m viewer --checkpoint world.safetensors --image start.png --record walk.mp4
+  python -m viewer --checkpoint doom_world.safetensors --compare-real
+  python -m viewer --headless --steps 60 --keys walk.keys --record out.mp4 --screenshot shot.png
+
+key scripts (--keys): one line per run of ticks, '<repeat> <keys...> [mouse=DX,DY]', e.g.
+  10 w        # 10 steps forward
+  5 w d       # forward + strafe right
+  4 right     # yaw right
+  1 r         # reset
+  3 -         # no key
+Every tick is one env step (frames_per_step video frames) or one reset; a headless run of N
+steps writes (N + 1) * frames_per_step frames (the start image fills the first tick).
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The viewer's command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m viewer",
+        description="Explore a learned world (worldmodel/World-v0) with keyboard and mouse, or record a scripted walk.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="world file (.safetensors); default: the bundled worldmodel/assets/world_tiny.safetensors")
+    p.add_argument("--image", type=Path, default=None,
+                   help="start image (PNG/JPG, resized to the world's size); default: a bundled start frame")
+    p.add_argument("--seed", type=int, default=0, help="seed of the start-frame choice and the model noise (default 0)")
+    p.add_argument("--scale", type=int, default=None, help="integer upscaling of the frames (default: about 768 px wide)")
+    p.add_argument("--record", type=Path, default=None,
+                   help="record to this mp4 (+ .actions.jsonl) from the start; V toggles recording in the window")
+    p.add_argument("--compare-real", action="store_true",
+                   help="show the real DoomCamera-v0 following the same actions side by side (Doom worlds only)")
+    p.add_argument("--map", default=None, help="Doom map for --compare-real (default: the world card's 'map')")
+    p.add_argument("--headless", action="store_true", help="no window (SDL dummy driver); run --steps ticks and exit")
+    p.add_argument("--steps", type=int, default=None,
+                   help="headless: ticks to run after the first reset (default: the key script's length, else 100)")
+    p.add_argument("--keys", type=Path, default=None, help="headless: key script (format below)")
+    p.add_argument("--screenshot", type=Path, default=None, help="save the window (frames + HUD) as PNG when done")
+    p.add_argument("--show-help", action="store_true", help="start with the help overlay shown")
+    p.add_argument("--queue", type=int, default=2, help="frame queue size in steps: how far generation may run ahead")
+    p.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
+    args = p.parse_args(argv)
+    if not args.headless and (args.keys is not None or args.steps is not None):
+        p.error("--keys and --steps drive a --headless run")
+    if args.queue < 1:
+        p.error("--queue must be >= 1")
+    return args
+
+
+def load_image(path: Path, hw: tuple[int, int]) -> np.ndarray:
+    """Read an image file as uint8 (H, W, 3) at the world's size (smooth rescale)."""
+    import imageio.v3 as iio
+    import pygame
+
+    img = np.asarray(iio.imread(path))
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = np.ascontiguousarray(img[..., :3]).astype(np.uint8)
+    if img.shape[:2] != tuple(hw):
+        surf = pygame.surfarray.make_surface(img.transpose(1, 0, 2))
+        img = pygame.surfarray.array3d(pygame.transform.smoothscale(surf, (hw[1], hw[0]))).transpose(1, 0, 2)
+    return np.ascontiguousarray(img)
+
+
+def make_real_env(world: Any, map_name: str | None) -> Any:
+    """DoomCamera-v0 matching a Doom world (map from its card), at the world's frame size."""
+    card = world.meta.card
+    if card.get("source") != "doom":
+        raise SystemExit(
+            f"--compare-real needs a Doom world: this world file's card says source={card.get('source')!r}; "
+            "a Doom world's card has \"source\": \"doom\" and the \"map\" it was trained on"
+        )
+    from envs.doom import DoomCameraEnv
+
+    high = np.maximum(-np.asarray(world.meta.action_low), np.asarray(world.meta.action_high))
+    return DoomCameraEnv(
+        map_name=map_name or card.get("map", "MAP01"),
+        wad=card.get("wad", "freedoom2"),
+        resolution=card.get("resolution", "256x192"),
+        frame_size=tuple(world.meta.image_hw),
+        frames_per_step=world.frames_per_step,
+        max_steps=2**31 - 1,
+        max_translation=float(high[:3].max()),
+        max_rotation=float(high[3:].max()),
+    )
+
+
+class ScriptSource:
+    """Ticks from a key script for a headless run; None after `steps` ticks."""
+
+    def __init__(self, ticks: list[Tick], steps: int) -> None:
+        self.ticks, self.steps = ticks, steps
+
+    def __call__(self, tick: int) -> Tick | None:
+        if tick > self.steps:
+            return None
+        return self.ticks[tick - 1] if tick - 1 < len(self.ticks) else Tick()
+
+
+def _surface(frame: np.ndarray):
+    import pygame
+
+    return pygame.surfarray.make_surface(np.ascontiguousarray(frame.transpose(1, 0, 2)))
+
+
+class Viewer:
+    """The window: shows frames at the world's frame rate, reads input, records, draws the HUD."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        if args.headless:
+            os.environ["SDL_VIDEODRIVER"] = "dummy"
+            os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+        import pygame
+
+        from envs.world import WorldEnv, world_render_fps
+        from viewer.hud import Hud
+        from viewer.worker import GenerationWorker, LiveInput
+
+        self.args = args
+        self.env = WorldEnv(checkpoint=args.checkpoint, device=args.device)
+        world = self.env.world
+        self.fps_step = world.frames_per_step
+        self.video_fps = world_render_fps(world)
+        H, W = world.meta.image_hw
+        self.real_env = make_real_env(world, args.map) if args.compare_real else None
+        start = load_image(args.image, (H, W)) if args.image is not None else None
+        self.mapping = KeyboardMapping.for_bounds(self.env.action_space.low, self.env.action_space.high)
+
+        pygame.init()
+        self.scale = args.scale or max(1, 768 // (W * (2 if self.real_env else 1)))
+        panes = 2 if self.real_env is not None else 1
+        self.pane = (W * self.scale, H * self.scale)
+        self.screen = pygame.display.set_mode((self.pane[0] * panes, self.pane[1]))
+        pygame.display.set_caption("worldmodel viewer" + (" | left: learned world, right: real Doom" if panes == 2 else ""))
+        self.hud = Hud()
+        self.frames: queue.Queue = queue.Queue(maxsize=args.queue)
+        if args.headless:
+            try:
+                ticks = load_keys(args.keys) if args.keys is not None else []
+            except ValueError as e:
+                raise SystemExit(f"viewer: {e}") from e
+            steps = args.steps if args.steps is not None else (len(ticks) or 100)
+            self.source: Any = ScriptSource(ticks, steps)
+        else:
+            self.source = LiveInput()
+        self.worker = GenerationWorker(self.env, self.mapping, self.source, self.frames, self.real_env, start, args.seed)
+        self.recorder = None
+        self._next_record = args.record
+        self.show_help = args.show_help
+        self.stats: dict[str, Any] = {"shown_fps": 0.0, "model_fps": 0.0}
+        self.current: tuple[np.ndarray, np.ndarray | None] | None = None
+        self.ticks = 0
+
+    # ---- recording -------------------------------------------------------------------
+
+    def toggle_recording(self) -> None:
+        """Start recording to --record (first time) or a timestamped file; stop if recording."""
+        from viewer.recorder import Recorder
+
+        if self.recorder is not None:
+            self.recorder.close()
+            print(f"recorded {self.recorder.frames} frames to {self.recorder.path}", file=sys.stderr)
+            self.recorder = None
+            return
+        path = self._next_record or Path("recordings") / time.strftime("world-%Y%m%d-%H%M%S.mp4")
+        self._next_record = None
+        self.recorder = Recorder(path, self.video_fps)
+
+    # ---- packets and drawing ---------------------------------------------------------
+
+    def take(self, packet) -> None:
+        """Account for one tick's packet: record it and update the HUD numbers."""
+        self.ticks += 1
+        if self.recorder is not None:
+            self.recorder.write(packet)
+        if packet.input.help:
+            self.show_help = not self.show_help
+        self.stats.update(c2w=packet.info["c2w"], step=packet.info["step"], timing=packet.info["timing"],
+                          model_fps=self.worker.model_fps)
+
+    def draw(self) -> None:
+        """Upscale the current frame(s) to the window and draw the HUD on top."""
+        import pygame
+
+        if self.current is not None:
+            world, real = self.current
+            self.screen.blit(pygame.transform.scale(_surface(world), self.pane), (0, 0))
+            if real is not None:
+                self.screen.blit(pygame.transform.scale(_surface(real), self.pane), (self.pane[0], 0))
+        self.stats.update(recording=self.recorder is not None, paused=self.worker.paused.is_set())
+        self.hud.draw(self.screen, self.stats, self.show_help)
+        pygame.display.flip()
+
+    def _check_worker(self) -> None:
+        if self.worker.error is not None:
+            raise self.worker.error
+
+    # ---- loops -----------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Run until quit (window) or the script ends (headless); returns a summary."""
+        import pygame
+
+        if self._next_record is not None:
+            self.toggle_recording()
+        self.worker.start()
+        try:
+            self._headless() if self.args.headless else self._interactive()
+        finally:
+            self.worker.stop()
+            self.worker.join(timeout=10)
+            frames = 0
+            if self.recorder is not None:
+                frames = self.recorder.frames
+                path = self.recorder.path
+                self.toggle_recording()
+            if self.args.screenshot is not None:
+                self.args.screenshot.parent.mkdir(parents=True, exist_ok=True)
+                pygame.image.save(self.screen, str(self.args.screenshot))
+            if self.real_env is not None:
+                self.real_env.close()
+            pygame.quit()
+        self._check_worker()
+        summary = {"ticks": self.ticks, "frames_recorded": frames}
+        if frames:
+            summary["recording"] = str(path)
+        return summary
+
+    def _headless(self) -> None:
+        while True:
+            try:
+                packet = self.frames.get(timeout=0.5)
+            except queue.Empty:
+                self._check_worker()
+                continue
+            if packet is None:
+                return
+            self.take(packet)
+            self.current = (packet.frames[-1], None if packet.real is None else packet.real[-1])
+            self.stats["shown_fps"] = self.worker.model_fps  # no display clock: frames go out as made
+            self.draw()
+
+    def _interactive(self) -> None:
+        import pygame
+
+        codes = {name: pygame.key.key_code(name) for name in (*MOVE_KEYS, *TURN_KEYS)}
+        pending: deque = deque()  # (world frame, real frame) waiting for their display slot
+        clock = pygame.time.Clock()
+        period = 1.0 / self.video_fps
+        next_show, shown, shown_t0 = time.perf_counter(), 0, time.perf_counter()
+        finished = False
+        while True:
+            for event in pygame.event.get():
+                if event.type == pygame.QUIT:
+                    return
+                if event.type == pygame.KEYDOWN:
+                    name = pygame.key.name(event.key)
+                    if name in ("escape", "q"):
+                        return
+                    if name == "r":
+                        self.source.request_reset()
+                        pending.clear()
+                    elif name == "p":
+                        (self.worker.paused.clear if self.worker.paused.is_set() else self.worker.paused.set)()
+                    elif name == "h":
+                        self.show_help = not self.show_help
+                    elif name == "v":
+                        self.toggle_recording()
+                if event.type == pygame.MOUSEMOTION and event.buttons[0]:
+                    self.source.add_mouse(*event.rel)
+            pressed = pygame.key.get_pressed()
+            self.source.set_keys({name for name, code in codes.items() if pressed[code]})
+            # Take finished steps only while fewer than one step's frames wait, so the bounded
+            # queue (not this list) is what holds generation back.
+            while not finished and len(pending) < self.fps_step:
+                try:
+                    packet = self.frames.get_nowait()
+                except queue.Empty:
+                    break
+                if packet is None:
+                    finished = True
+                    break
+                self.take(packet)
+                reals = packet.real if packet.real is not None else [None] * len(packet.frames)
+                pending.extend(zip(packet.frames, reals, strict=True))
+            self._check_worker()
+            now = time.perf_counter()
+            if pending and now >= next_show:
+                self.current = pending.popleft()
+                next_show = max(next_show + period, now - period)  # catch up at most one frame
+                shown += 1
+            if now - shown_t0 >= 1.0:
+                self.stats["shown_fps"], shown, shown_t0 = shown / (now - shown_t0), 0, now
+            self.draw()
+            clock.tick(240)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m viewer`; returns the exit status."""
+    args = parse_args(argv)
+    from worldmodel.checkpoint import CheckpointError
+
+    try:
+        summary = Viewer(args).run()
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"viewer: {e}", file=sys.stderr)
+        return 2
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
