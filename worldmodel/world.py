@@ -202,6 +202,8 @@ class WorldStreams:
             raise RuntimeError("call reset() before step()")
         t0 = time.perf_counter()
         z = self.gen.step(actions)
+        if z.is_cuda:  # otherwise queued transformer work would be billed to the decode
+            torch.cuda.synchronize()
         t1 = time.perf_counter()
         frames = video_to_uint8(self.decoder.step(z))
         t2 = time.perf_counter()
