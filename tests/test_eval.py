@@ -1,0 +1,90 @@
+"""`python -m train.eval`: teacher forcing keeps the real past, baselines are what they claim, the CLI runs end to end."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from train.eval import encode_real, parse_args, shuffled, teacher_forced
+from worldmodel.config import model_config
+from worldmodel.dit import WorldDiT
+from worldmodel.vae import CausalVAE, vae_config
+from worldmodel.world import World, WorldMeta, images_to_video, video_to_uint8
+
+DOOM_K_96x128 = [64.0, 76.8, 63.5, 47.5]  # DoomCamera-v0 (256x192 render, 90 deg FOV) resized to 96x128
+
+
+def tiny_world(hw=(96, 128)) -> World:
+    torch.manual_seed(0)
+    k = DOOM_K_96x128 if hw == (96, 128) else [hw[1] / 2, 1.2 * hw[1] / 2, (hw[1] - 1) / 2, (hw[0] - 1) / 2]
+    return World(WorldDiT(model_config("tiny", dim=64, depth=2, heads=4)), CausalVAE(vae_config("tiny")),
+                 WorldMeta(hw, k, [-32.0] * 3 + [-0.5] * 3, [32.0] * 3 + [0.5] * 3))
+
+
+def test_teacher_forcing_reconstruction_equals_full_decode_of_real_latents():
+    """The teacher-forced pass decodes each prediction, then restores the decoder cache and advances it
+    with the real latent: its reconstructions must equal a full decode of the real latents (a cache not
+    restored would leak the predictions into the real past). The streamed real latents must equal a
+    full encode."""
+    world = tiny_world((32, 32))
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (1, 1 + 4 * 2, 32, 32, 3), dtype=np.uint8)
+    z = encode_real(world, frames)  # (1, 3, C, 4, 4)
+    video = torch.cat([images_to_video(frames[:, i], world.device, torch.float32) for i in range(frames.shape[1])], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(z, world.vae.encode(video), atol=1e-4, rtol=1e-4)
+        full = video_to_uint8(world.vae.decode(z, light=world.light_decoder))[:, 1:]  # (1, 8, H, W, 3)
+    actions = rng.normal(0, 0.1, (1, 2, 6))
+    pred, recon = teacher_forced(world, frames, z, actions, [0])
+    assert pred.shape == recon.shape == (1, 2, 4, 32, 32, 3)
+    assert np.abs(recon.reshape(full.shape).astype(int) - full).max() <= 1
+    assert not np.array_equal(pred, recon)  # predictions come from the generator, not the real latents
+
+
+def test_shuffled_actions_are_a_permutation_across_steps_and_trajectories():
+    """The shuffled-camera baseline keeps the same set of motions but breaks their order (and pairing)."""
+    a = np.arange(2 * 5 * 6, dtype=float).reshape(2, 5, 6)
+    s = shuffled(a, seed=0)
+    assert s.shape == a.shape and not np.array_equal(s, a)
+    assert sorted(map(tuple, s.reshape(-1, 6))) == sorted(map(tuple, a.reshape(-1, 6)))
+    np.testing.assert_array_equal(s, shuffled(a, seed=0))
+
+
+def test_quick_flag_is_the_ci_setting_and_flags_override_it():
+    """--quick shrinks every size; an explicit flag wins; sizes below 1 are refused."""
+    q = parse_args(["--quick", "--horizon", "8"])
+    assert (q.trajectories, q.horizon, q.long_steps) == (2, 8, 64)
+    full = parse_args([])
+    assert (full.trajectories, full.horizon, full.long_steps, full.test_world) == (8, 64, 360, False)
+    with pytest.raises(SystemExit):
+        parse_args(["--horizon", "0"])
+
+
+@pytest.mark.slow
+def test_quick_eval_end_to_end_on_a_random_world(tmp_path):
+    """(15 s idle, 60 s on the loaded CI box.) `python -m train.eval --quick` on a random-weight world writes the JSON with every metric and the report files."""
+    pytest.importorskip("vizdoom")
+    path = tmp_path / "world.safetensors"
+    tiny_world().save(path)
+    out, report = tmp_path / "eval.json", tmp_path / "report"
+    cmd = [sys.executable, "-m", "train.eval", "--checkpoint", str(path), "--json", str(out),
+           "--report", str(report), "--quick", "--threads", "1", "--horizon", "4", "--long-steps", "16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["methods"]) == {"model", "repeat_last_frame", "camera_zeroed", "camera_shuffled"}
+    for m in r["methods"].values():
+        assert set(m["autoregressive"]["psnr"]) == {"1", "4"} and len(m["autoregressive"]["psnr_per_step"]) == 4
+        assert {"rot_err_deg", "success_share", "trans_dir_err_deg", "rot_err_deg_per_step"} <= set(m["camera"])
+        assert m["teacher_forced"]["psnr"] is not None and m["teacher_forced"]["ssim"] is not None
+    # The repeat baseline's frames never move: every estimate is 'static' (identity), never a success at turning.
+    assert set(r["methods"]["repeat_last_frame"]["camera"]["kinds"]) == {"static"}
+    assert r["data"]["wad"] == "freedoom2" and all(t["map"] >= "MAP25" for t in r["data"]["trajectories"])
+    assert r["long_run"]["frames"] == 64 and isinstance(r["long_run"]["collapsed"], bool)
+    for f in ("index.html", "psnr_vs_step.png", "rot_err_per_step.png", "long_run_stats.png",
+              "strip_autoregressive.png", "strip_long_run.png", "rollout.gif"):
+        assert (report / f).stat().st_size > 0, f
+    assert "psnr_vs_step.png" in (report / "index.html").read_text()

@@ -1,0 +1,425 @@
+"""Evaluate a learned world against the real engine: `python -m train.eval --checkpoint PATH --json out.json --report out/`.
+
+Held-out trajectories are rendered fresh by `DoomCamera-v0` on the validation maps (freedoom2
+MAP25-MAP32; freedoom1 only with `--test-world`), driven by the scripted explorer exactly as
+`train.collect` records data (same code, `record_clip`), at the world's resolution. Each
+trajectory's realised camera poses give the actions (`poses_to_actions`), so the model is asked
+for exactly the motion the engine performed. Rendering is deterministic per seed, so every run
+sees the same trajectories; the stored `data/doom/val` shards are not used (they are 128 steps,
+shorter than the 360-step long run).
+
+Measured (docs/eval.md explains each):
+- teacher-forced next-step PSNR/SSIM (the recycled input is the VAE latent of the real previous
+  frame), plus the VAE's own reconstruction PSNR/SSIM as the ceiling;
+- autoregressive PSNR/SSIM at steps 1, 4, 16, 64 (free rollout from the real first frame);
+- camera following between consecutive step-end frames (worldmodel.metrics.camera_following);
+- long-run stability over `long_steps` steps (360 = 1,440 frames): per-frame statistics against
+  the real engine's and the collapse verdict;
+- the same for baselines: repeat the last frame, the model with zero actions, the model with
+  actions shuffled across steps and trajectories; and the estimator run on the real frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldmodel.camera import poses_to_actions
+from worldmodel.metrics import (
+    CollapseConfig,
+    MotionConfig,
+    camera_following,
+    detect_collapse,
+    frame_stats,
+    psnr,
+    ssim,
+)
+from worldmodel.world import World, images_to_video, video_to_uint8
+
+VAL_MAPS = [f"MAP{i:02d}" for i in range(25, 33)]
+TEST_MAPS = [f"E1M{i}" for i in range(1, 9)]
+METHODS = ("model", "repeat_last_frame", "camera_zeroed", "camera_shuffled")
+"""Generated-frame methods compared on the same trajectories."""
+
+
+@dataclass
+class EvalConfig:
+    """Options of `python -m train.eval` (the full setting by default; `--quick` shrinks it for CI)."""
+
+    checkpoint: str | None = None
+    """World file (worldmodel.world.World); None = the bundled world."""
+    json: str = "eval.json"
+    """Where to write the results (JSON)."""
+    report: str | None = "eval_report"
+    """Folder for the report (PNG curves, frame strips, a GIF, index.html); None = no report."""
+    trajectories: int = 8
+    """Held-out trajectories (trajectory i uses map i % number of maps)."""
+    horizon: int = 64
+    """Steps per trajectory for the PSNR/SSIM and camera-following metrics."""
+    ar_steps: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    """Autoregressive steps at which PSNR/SSIM are reported (those <= horizon)."""
+    long_steps: int = 360
+    """Steps of the long-run stability rollout (360 steps = 1,440 frames at 4 frames per step)."""
+    long_trajectories: int = 2
+    """Trajectories of the long run."""
+    seed: int = 0
+    """Base seed of the trajectories (as in train.collect) and of the model's noise."""
+    test_world: bool = False
+    """Evaluate on freedoom1 (the held-out test world) instead of the freedoom2 validation maps."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+    device: str = "cpu"
+    """Torch device of the model."""
+    min_translation: float = 2.0
+    """Commanded translation (scene units per step) below which no translation direction is scored."""
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> EvalConfig:
+        """The CI setting: 2 trajectories, 16 steps, a 64-step long run."""
+        return cls(**{"trajectories": 2, "horizon": 16, "long_steps": 64, "long_trajectories": 1, **overrides})
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def record_trajectories(
+    n: int, steps: int, image_hw: tuple[int, int], frames_per_step: int, seed: int, test_world: bool,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """n explorer trajectories of exactly `steps` steps from DoomCamera-v0 (frames (1 + steps*fps, H, W, 3), c2w)."""
+    from train.collect import ClipSpec, CollectConfig, clip_seed, record_clip
+
+    wad, maps = ("freedoom1", TEST_MAPS) if test_world else ("freedoom2", VAL_MAPS)
+    cfg = CollectConfig(wad=wad, frame_size=list(image_hw), frames_per_step=frames_per_step,
+                        steps_per_clip=steps, start="random")
+    out = []
+    for i in range(offset, offset + n):
+        m = maps[i % len(maps)]
+        for attempt in range(8):
+            # A clip that walks over an exit line ends early; draw another start on the same map.
+            s = clip_seed(seed, "val", i + 1000 * attempt)
+            clip = record_clip(cfg, ClipSpec("val", i, m, s, ""))
+            if len(clip["frames"]) == 1 + steps * frames_per_step:
+                break
+        else:
+            raise RuntimeError(f"map {m}: 8 trajectories in a row ended before {steps} steps; use fewer steps")
+        clip.update(map=m, seed=s, wad=wad)
+        out.append(clip)
+    return out
+
+
+def stack_trajectories(trajs: list[dict[str, Any]], frames_per_step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (B, 1 + S*fps, H, W, 3) uint8 and realised actions (B, S, 6) of equal-length trajectories."""
+    frames = np.stack([t["frames"] for t in trajs])
+    actions = np.stack([poses_to_actions(t["c2w"], frames_per_step) for t in trajs])
+    return frames, actions
+
+
+@torch.no_grad()
+def encode_real(world: World, frames: np.ndarray) -> torch.Tensor:
+    """Real frames (B, 1 + S*fps, H, W, 3) -> their VAE latents (B, 1 + S, C, h, w), streamed step by step."""
+    B, fps = frames.shape[0], world.frames_per_step
+    enc = world.vae.stream_encoder(B)
+    dtype = next(world.vae.parameters()).dtype
+    video = lambda f: images_to_video(f, world.device, dtype)[:, 0]  # noqa: E731  (B, 3, H, W)
+    zs = [enc.step(video(frames[:, 0])[:, None])]
+    for k in range((frames.shape[1] - 1) // fps):
+        group = torch.stack([video(frames[:, 1 + k * fps + j]) for j in range(fps)], dim=1)  # (B, fps, 3, H, W)
+        zs.append(enc.step(group))
+    return torch.stack(zs, dim=1)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def seeds_for(cfg: EvalConfig, batch: int) -> list[int]:
+    """Noise seeds of the streams (fixed, so a rerun generates the same frames)."""
+    return [cfg.seed * 1000 + i for i in range(batch)]
+
+
+def rollout(world: World, first: np.ndarray, actions: np.ndarray, seeds: list[int]) -> tuple[np.ndarray, float]:
+    """Free rollout: first images (B, H, W, 3), actions (B, S, 6) -> frames (B, 1 + S*fps, H, W, 3), s per step."""
+    streams = world.streams(len(first), seeds)
+    out = [streams.reset(first)[:, :1]]
+    t0 = time.perf_counter()
+    for k in range(actions.shape[1]):
+        out.append(streams.step(actions[:, k]))
+    return np.concatenate(out, axis=1), (time.perf_counter() - t0) / max(actions.shape[1], 1)
+
+
+@torch.no_grad()
+def teacher_forced(
+    world: World, frames: np.ndarray, z_real: torch.Tensor, actions: np.ndarray, seeds: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Next-step predictions given the real past: (predicted, VAE-reconstructed) frames (B, S, fps, H, W, 3).
+
+    Each step the generator's recycled input is the real previous latent; its prediction is decoded
+    with the decoder cache of the real past (saved and restored), then the real latent advances the
+    decoder, whose output is the VAE reconstruction of the real step (the ceiling for any model).
+    """
+    streams = world.streams(len(frames), seeds)
+    streams.reset(frames[:, 0])
+    dec, gen = streams.decoder, streams.gen
+    preds, recons = [], []
+    for k in range(actions.shape[1]):
+        gen.recycled.copy_(z_real[:, k])
+        z_hat = gen.step(actions[:, k])  # (B, C, h, w)
+        saved, saved_t = [b.clone() for b in dec.cache.buffers], dec.t
+        preds.append(video_to_uint8(dec.step(z_hat)))
+        for b, s in zip(dec.cache.buffers, saved, strict=True):
+            b.copy_(s)
+        dec.t = saved_t
+        recons.append(video_to_uint8(dec.step(z_real[:, k + 1])))
+    return np.stack(preds, axis=1), np.stack(recons, axis=1)
+
+
+def shuffled(actions: np.ndarray, seed: int) -> np.ndarray:
+    """Actions (B, S, 6) permuted across steps and trajectories (same marginal motion, wrong order)."""
+    flat = actions.reshape(-1, actions.shape[-1])
+    perm = np.random.default_rng(seed).permutation(len(flat))
+    return flat[perm].reshape(actions.shape)
+
+
+def method_actions(actions: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The actions each model variant is driven with."""
+    return {"model": actions, "camera_zeroed": np.zeros_like(actions), "camera_shuffled": shuffled(actions, seed)}
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def per_step(metric, pred: np.ndarray, real: np.ndarray, fps: int) -> np.ndarray:
+    """Metric of generated vs real video (B, 1 + S*fps, ...) per step (mean over its fps frames) -> (B, S)."""
+    B, S = pred.shape[0], (pred.shape[1] - 1) // fps
+    v = metric(pred[:, 1:], real[:, 1:])  # (B, S*fps)
+    return v.reshape(B, S, fps).mean(-1)
+
+
+def at_steps(curve: np.ndarray, steps: list[int]) -> dict[str, float]:
+    """Means over trajectories of a (B, S) curve at 1-based steps that exist."""
+    return {str(s): float(curve[:, s - 1].mean()) for s in steps if s <= curve.shape[1]}
+
+
+def following(frames: np.ndarray, actions: np.ndarray, K: list[float], fps: int, cfg: EvalConfig) -> dict[str, Any]:
+    """Camera following of generated videos (B, 1 + S*fps, ...) against actions (B, S, 6), pooled over trajectories."""
+    res = [camera_following(f[::fps], a, K, cfg.min_translation, MotionConfig()) for f, a in zip(frames, actions)]
+    pooled = type(res[0])(*([x for r in res for x in getattr(r, n)] for n in
+                           ("rot_err_deg", "rot_ok", "trans_err_deg", "trans_ok", "kinds")))
+    S = actions.shape[1]
+    return {
+        **pooled.summary(),
+        "rot_err_deg_per_step": np.asarray(pooled.rot_err_deg).reshape(len(res), S).mean(0).tolist(),
+        "kinds": {k: pooled.kinds.count(k) for k in sorted(set(pooled.kinds))},
+    }
+
+
+def summarize_stats(stats: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean of each per-frame statistic, and its mean over the last quarter (drift shows there)."""
+    out = {}
+    for k, v in stats.items():
+        out[k] = float(v.mean())
+        out[f"{k}_last_quarter"] = float(v[-max(len(v) // 4, 1):].mean())
+    return out
+
+
+def jsonable(x: Any) -> Any:
+    """Numpy scalars/arrays and NaN -> plain JSON values (NaN and inf become null)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run every measurement; returns (results for JSON, arrays for the report)."""
+    t_start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    world = World.load(cfg.checkpoint, device=cfg.device)
+    fps, hw, K = world.frames_per_step, tuple(world.meta.image_hw), list(world.meta.intrinsics)
+    timing: dict[str, float] = {}
+
+    t = time.perf_counter()
+    trajs = record_trajectories(cfg.trajectories, cfg.horizon, hw, fps, cfg.seed, cfg.test_world)
+    long_trajs = record_trajectories(cfg.long_trajectories, cfg.long_steps, hw, fps, cfg.seed, cfg.test_world,
+                                     offset=cfg.trajectories)
+    timing["render_s"] = time.perf_counter() - t
+    env_K = np.asarray(trajs[0]["intrinsics"])
+    k_mismatch = float(np.max(np.abs(env_K - np.asarray(K)) / np.abs(env_K)))
+
+    frames, actions = stack_trajectories(trajs, fps)  # (B, 1+S*fps, H, W, 3), (B, S, 6)
+    B, S = actions.shape[:2]
+    seeds = seeds_for(cfg, B)
+    drive = method_actions(actions, cfg.seed)
+    arrays: dict[str, Any] = {"real": frames, "actions": actions, "fps": fps}
+
+    # Teacher forcing: one step ahead of the real past.
+    t = time.perf_counter()
+    z_real = encode_real(world, frames)
+    tf: dict[str, dict[str, Any]] = {}
+    recon = None
+    for name, acts in drive.items():
+        pred, rec = teacher_forced(world, frames, z_real, acts, seeds)
+        pred = np.concatenate([frames[:, :1], pred.reshape(B, S * fps, *hw, 3)], axis=1)
+        tf[name] = {"psnr": per_step(psnr, pred, frames, fps), "ssim": per_step(ssim, pred, frames, fps)}
+        recon = rec if recon is None else recon
+    recon = np.concatenate([frames[:, :1], recon.reshape(B, S * fps, *hw, 3)], axis=1)
+    vae_recon = {"psnr": per_step(psnr, recon, frames, fps), "ssim": per_step(ssim, recon, frames, fps)}
+    # Repeat the last frame: the real last frame of the previous step stands for the whole next step.
+    rep_tf = np.concatenate([frames[:, :1], np.repeat(frames[:, 0:-1:fps], fps, axis=1)], axis=1)
+    tf["repeat_last_frame"] = {"psnr": per_step(psnr, rep_tf, frames, fps), "ssim": per_step(ssim, rep_tf, frames, fps)}
+    timing["teacher_forced_s"] = time.perf_counter() - t
+
+    # Free rollouts from the real first frame.
+    t = time.perf_counter()
+    gen = {}
+    step_s = 0.0
+    for name, acts in drive.items():
+        gen[name], s = rollout(world, frames[:, 0], acts, seeds)
+        step_s = s if name == "model" else step_s
+    gen["repeat_last_frame"] = np.repeat(frames[:, :1], frames.shape[1], axis=1)  # the start frame, forever
+    ar = {name: {"psnr": per_step(psnr, v, frames, fps), "ssim": per_step(ssim, v, frames, fps)} for name, v in gen.items()}
+    timing["autoregressive_s"] = time.perf_counter() - t
+    arrays["generated"] = gen
+
+    t = time.perf_counter()
+    camera = {name: following(v, actions, K, fps, cfg) for name, v in gen.items()}
+    camera_real = following(frames, actions, list(env_K), fps, cfg)
+    timing["camera_following_s"] = time.perf_counter() - t
+
+    # Long run: stability over long_steps steps.
+    t = time.perf_counter()
+    lf, la = stack_trajectories(long_trajs, fps)
+    lg, _ = rollout(world, lf[:, 0], la, seeds_for(cfg, len(lf)))
+    long = []
+    for g, r, tr in zip(lg, lf, long_trajs, strict=True):
+        gs, rs = frame_stats(g[1:]), frame_stats(r[1:])
+        long.append({
+            "map": tr["map"], "generated": summarize_stats(gs), "real": summarize_stats(rs),
+            "collapse": detect_collapse(g[1:], r[1:], fps, CollapseConfig()),
+            "stats_generated": gs, "stats_real": rs,
+        })
+    long_psnr = per_step(psnr, lg, lf, fps)
+    timing["long_run_s"] = time.perf_counter() - t
+    arrays.update(long_generated=lg, long_real=lf, long=long)
+
+    mean = lambda a: float(np.mean(a))  # noqa: E731
+    methods = {}
+    for name in METHODS:
+        methods[name] = {
+            "teacher_forced": {"psnr": mean(tf[name]["psnr"]), "ssim": mean(tf[name]["ssim"]),
+                               "psnr_per_step": tf[name]["psnr"].mean(0)},
+            "autoregressive": {
+                "psnr": at_steps(ar[name]["psnr"], cfg.ar_steps), "ssim": at_steps(ar[name]["ssim"], cfg.ar_steps),
+                "psnr_per_step": ar[name]["psnr"].mean(0), "ssim_per_step": ar[name]["ssim"].mean(0),
+            },
+            "camera": camera[name],
+        }
+    timing["total_s"] = time.perf_counter() - t_start
+    timing["model_step_ms"] = 1000.0 * step_s
+    results = {
+        "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else "bundled",
+        "config": asdict(cfg),
+        "world": {"image_hw": list(hw), "intrinsics": K, "frames_per_step": fps, "card": world.meta.card,
+                  "intrinsics_mismatch_vs_engine": k_mismatch},
+        "data": {
+            "source": "DoomCamera-v0 + scripted explorer (train.collect.record_clip), rendered fresh",
+            "wad": trajs[0]["wad"], "split": "test" if cfg.test_world else "validation",
+            "trajectories": [{"map": t["map"], "seed": int(t["seed"]), "steps": S} for t in trajs],
+            "long_trajectories": [{"map": t["map"], "seed": int(t["seed"]), "steps": cfg.long_steps} for t in long_trajs],
+            "mean_abs_action": np.abs(actions).mean((0, 1)),
+        },
+        "methods": methods,
+        "vae_reconstruction": {"psnr": mean(vae_recon["psnr"]), "ssim": mean(vae_recon["ssim"])},
+        "real_engine_camera": camera_real,
+        "long_run": {
+            "steps": cfg.long_steps, "frames": cfg.long_steps * fps,
+            "collapsed": any(e["collapse"]["collapsed"] for e in long),
+            "psnr_per_step": long_psnr.mean(0),
+            "trajectories": [{k: v for k, v in e.items() if not k.startswith("stats_")} for e in long],
+        },
+        "timing": timing,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch_threads": torch.get_num_threads(), "device": cfg.device},
+    }
+    return jsonable(results), arrays
+
+
+def parse_args(argv: list[str] | None = None) -> EvalConfig:
+    """Command line -> EvalConfig (`--quick` starts from the CI setting; explicit flags override it)."""
+    p = argparse.ArgumentParser(prog="python -m train.eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=None, help="world file (default: the bundled world)")
+    p.add_argument("--json", default="eval.json", help="output JSON path")
+    p.add_argument("--report", default="eval_report", help="report folder ('' for none)")
+    p.add_argument("--quick", action="store_true", help="CI setting: 2 trajectories, 16 steps, 64-step long run")
+    p.add_argument("--trajectories", type=int)
+    p.add_argument("--horizon", type=int)
+    p.add_argument("--long-steps", type=int)
+    p.add_argument("--long-trajectories", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device")
+    p.add_argument("--test-world", action="store_true", help="evaluate on freedoom1 (held-out test world)")
+    a = p.parse_args(argv)
+    given = {k: v for k, v in vars(a).items() if k not in ("quick", "report") and v is not None}
+    given["test_world"] = a.test_world
+    given["report"] = a.report or None
+    cfg = EvalConfig.quick(**given) if a.quick else EvalConfig(**given)
+    for name in ("trajectories", "horizon", "long_steps", "long_trajectories"):
+        if getattr(cfg, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate, write the JSON and the report, print the headline numbers."""
+    cfg = parse_args(argv)
+    results, arrays = evaluate(cfg)
+    Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.json).write_text(json.dumps(results, indent=2))
+    if cfg.report:
+        from train.eval_report import write_report
+
+        write_report(results, arrays, cfg.report)
+    print(headline(results))
+    return results
+
+
+def headline(results: dict[str, Any]) -> str:
+    """A small text table of the main numbers."""
+    lines = [f"{'method':<18} {'TF PSNR':>8} {'TF SSIM':>8} {'AR PSNR@last':>13} {'RotErr deg':>11} {'est. ok':>8}"]
+    for name, m in results["methods"].items():
+        ar = m["autoregressive"]["psnr"]
+        last = ar[max(ar, key=int)] if ar else float("nan")
+        lines.append(f"{name:<18} {m['teacher_forced']['psnr']:>8.2f} {m['teacher_forced']['ssim']:>8.3f} "
+                     f"{last:>13.2f} {m['camera']['rot_err_deg']:>11.2f} {m['camera']['success_share']:>8.2f}")
+    cr = results["real_engine_camera"]
+    lines.append(f"{'real engine':<18} {'':>8} {'':>8} {'':>13} {cr['rot_err_deg']:>11.2f} {cr['success_share']:>8.2f}")
+    lr = results["long_run"]
+    lines.append(f"long run: {lr['frames']} frames, collapsed={lr['collapsed']}; "
+                 f"total {results['timing']['total_s']:.1f} s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
