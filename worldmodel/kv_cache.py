@@ -102,3 +102,115 @@ class KVCache:
     def buffers(self) -> list[torch.Tensor]:
         """The static tensors (for checking that storage never moves)."""
         return [self.k, self.v, self.sink_k]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Storage dtype of keys and values."""
+        return self.k.dtype
+
+    def keys_values(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer's key and value buffers (B, H, L, d), masked by `plan["valid"]`."""
+        return self.k[layer], self.v[layer]
+
+
+class GradKVCache:
+    """Differentiable KV cache for training rollouts (student forcing): same interface as `KVCache`.
+
+    The static cache writes in place into preallocated buffers, which autograd cannot
+    differentiate through once a slot is overwritten. This one keeps each committed frame's
+    keys/values as separate tensors and concatenates the visible ones (context, sink
+    re-rotated in time, the last `window` frames, the current frame) on every step, so
+    gradients flow from later frames into earlier ones through attention. All streams
+    advance in lockstep (training batches start together); memory grows with the window,
+    frames that left it are dropped. `detach()` cuts the graph (long-video segments).
+    """
+
+    def __init__(self, depth: int, batch: int, window: int, context_tokens: int = 0,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.depth, self.batch, self.window, self.C = depth, batch, window, context_tokens
+        self.device, self._dtype = torch.device(device), dtype
+        self.frames = np.zeros(batch, dtype=np.int64)  # frames committed per stream (host), all equal
+        self._k: list[list[torch.Tensor]] = [[] for _ in range(depth)]  # frames >= 1, rotated at their frame
+        self._v: list[list[torch.Tensor]] = [[] for _ in range(depth)]
+        self._sink_k: list[torch.Tensor | None] = [None] * depth  # frame 0, spatial rotation only
+        self._sink_v: list[torch.Tensor | None] = [None] * depth
+        self._ctx: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * depth
+        self._pending: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * depth
+        self._pending_sink: list[torch.Tensor | None] = [None] * depth
+        self._sink_rot: list[tuple] = [()] * depth
+        self.plan: dict[str, torch.Tensor | None] | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the cached keys and values."""
+        return self._dtype
+
+    def reset(self, streams: np.ndarray | list[int] | None = None) -> None:
+        """Forget every stream's frames (streams move in lockstep, so only a full reset exists)."""
+        if streams is not None and len(np.unique(np.asarray(streams))) != self.batch:
+            raise ValueError("GradKVCache resets all streams together; use KVCache for per-stream resets")
+        self.frames[:] = 0
+        for i in range(self.depth):
+            self._k[i], self._v[i] = [], []
+            self._sink_k[i] = self._sink_v[i] = None
+
+    def prepare(self) -> dict[str, torch.Tensor | None]:
+        """Positions for the coming step (same keys as `KVCache.prepare`)."""
+        n = int(self.frames[0])
+        self._pending = [None] * self.depth
+        self._pending_sink = [None] * self.depth
+        full = lambda x: torch.full((self.batch,), float(x), device=self.device, dtype=torch.float64)  # noqa: E731
+        self.plan = {
+            "first": torch.full((self.batch,), n == 0, device=self.device),
+            "pos": full(n),
+            "sink_pos": full(max(n - (self.window + 1), 0)),
+            "valid": None,  # only visible keys are concatenated, so nothing is masked
+        }
+        return self.plan
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """This step's keys (rotated at the absolute frame) and values (B, H, N, d); committed by `advance`."""
+        self._pending[layer] = (k.to(self._dtype), v.to(self._dtype))
+
+    def write_sink(self, layer: int, k_spatial: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate) -> None:
+        """Remember frame 0's spatially rotated keys; the sink is re-rotated in time at `sink_pos`."""
+        if self.frames[0] == 0:
+            self._pending_sink[layer] = k_spatial.to(self._dtype)
+        self._sink_rot[layer] = (cos, sin, rotate)
+
+    def set_context(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Context keys/values (B, H, C, d) of one layer."""
+        self._ctx[layer] = (k.to(self._dtype), v.to(self._dtype))
+
+    def keys_values(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Visible keys/values (B, H, L, d): context, sink, the last `window` past frames, this frame."""
+        k_now, v_now = self._pending[layer]
+        cos, sin, rotate = self._sink_rot[layer]
+        ks, vs = ([self._ctx[layer][0]], [self._ctx[layer][1]]) if self._ctx[layer] is not None else ([], [])
+        if self.frames[0] == 0:  # this frame is the sink itself
+            return torch.cat(ks + [rotate(self._pending_sink[layer], cos, sin)], 2), torch.cat(vs + [v_now], 2)
+        past = slice(-self.window, None)
+        ks += [rotate(self._sink_k[layer], cos, sin), *self._k[layer][past], k_now]
+        vs += [self._sink_v[layer], *self._v[layer][past], v_now]
+        return torch.cat(ks, 2), torch.cat(vs, 2)
+
+    def advance(self) -> None:
+        """Commit the step's keys/values: every stream has one more frame."""
+        for i in range(self.depth):
+            k, v = self._pending[i]
+            if self.frames[0] == 0:
+                self._sink_k[i], self._sink_v[i] = self._pending_sink[i], v
+            else:
+                # Frames that left the window are never attended again: drop them.
+                self._k[i] = (self._k[i] + [k])[-self.window:]
+                self._v[i] = (self._v[i] + [v])[-self.window:]
+        self.frames += 1
+        self.plan = None
+
+    def detach(self) -> None:
+        """Cut the autograd graph of everything cached (the previous long-video segment)."""
+        d = lambda x: None if x is None else x.detach()  # noqa: E731
+        for i in range(self.depth):
+            self._k[i] = [k.detach() for k in self._k[i]]
+            self._v[i] = [v.detach() for v in self._v[i]]
+            self._sink_k[i], self._sink_v[i] = d(self._sink_k[i]), d(self._sink_v[i])

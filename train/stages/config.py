@@ -1,0 +1,160 @@
+"""Structured configs of `python -m train stage=... model=... data=...` (hydra schema `train_schema`).
+
+The yaml files under train/conf/{stage,model,data}/ only set values; every field is
+documented here. Paper-scale values are in the docstrings where we scale them down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+STAGES = ("diffusion", "distill", "adversarial")
+
+
+@dataclass
+class ModelConf:
+    """Which transformer to build."""
+
+    size: str = "tiny"
+    """Registry name in worldmodel.config (tiny, small, paper-8b)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """DiTConfig field overrides, e.g. {window: 8, depth: 4}."""
+
+
+@dataclass
+class CurriculumPhase:
+    """One phase of the resolution/duration curriculum (paper: 5 s 736x416 -> + 1280x720 -> 15 s)."""
+
+    start_step: int = 0
+    """First optimizer step of this phase."""
+    steps: list[int] = field(default_factory=lambda: [4])
+    """Clip durations in latent steps (model frames); one is drawn per batch."""
+    resolutions: list[list[int]] = field(default_factory=lambda: [[96, 128]])
+    """Resolution buckets [H, W] (multiples of 8 * patch_size); one per batch."""
+    batch_size: int = 4
+    """Clips per batch (per rank)."""
+
+
+@dataclass
+class DataConf:
+    """Where clips and the VAE come from."""
+
+    root: str = "data/doom"
+    """Collected shard root (python -m train.collect)."""
+    vae: str = "checkpoints/vae_tiny.safetensors"
+    """Trained VAE (python -m train.vae); clips are encoded with it on the fly."""
+    curriculum: list[CurriculumPhase] = field(default_factory=lambda: [CurriculumPhase()])
+    """Phases ordered by start_step; the first must start at 0."""
+    window_stride: int = 4
+    """Latent steps between window starts within a shard."""
+    cache_shards: int = 8
+    """Decoded shards kept in memory by the dataset (about 19 MB each at 96x128)."""
+    latent_cache: int = 4096
+    """Encoded clips kept in memory (clips repeat across epochs; the VAE is frozen)."""
+    start_frames: int = 4
+    """Validation first frames stored in the exported world file (one per validation shard)."""
+
+
+@dataclass
+class DistillConf:
+    """Consistency distillation (supplementary D)."""
+
+    grid_steps: int = 32
+    """Fixed steps of the consistency grid (uniform then shifted)."""
+    teacher: str = ""
+    """Frozen diffusion weights for the teacher's Euler step (default: the stage's init)."""
+    eval_clips: int = 4
+    """Fixed clips for the one-step vs 32-step-teacher distance logged at start and end."""
+
+
+@dataclass
+class AdversarialConf:
+    """Adversarial post-training with student forcing and long-video extension (supplementary D, F, G)."""
+
+    disc_init: str = ""
+    """Discriminator initial weights: the diffusion-adaptation checkpoint (logit head is fresh)."""
+    disc_lr: float = 3e-6
+    """Discriminator RMSProp learning rate."""
+    rmsprop_alpha: float = 0.9
+    """RMSProp smoothing constant (APT)."""
+    r_sigma: float = 0.1
+    """Std of the perturbation in approximate R1/R2."""
+    r_weight: float = 1000.0
+    """lambda of approximate R1/R2."""
+    extensions: int = 0
+    """Long-video segments generated after the first (paper: 0, then 1, then 5)."""
+    overlap: int = 2
+    """Latent frames each extension segment shares with the previous one (paper: 6 = 1 s)."""
+    teacher_forcing: bool = False
+    """Supplementary F: generator predicts in parallel from ground truth; D scores each output against the real past."""
+    world_out: str = ""
+    """Export the final world file (DiT + VAE + camera stats + intrinsics + action bounds + start frames) here."""
+
+
+@dataclass
+class StageConf:
+    """One post-training stage and its optimizer."""
+
+    name: str = "diffusion"
+    """'diffusion', 'distill' or 'adversarial'."""
+    steps: int = 200
+    """Total optimizer steps (generator updates for adversarial)."""
+    lr: float = 1e-4
+    """Learning rate (paper: 1e-5 AdamW for diffusion/distill, 3e-6 then 1e-5 RMSProp for adversarial)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (paper: 0.01)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 = off)."""
+    shift: float = 24.0
+    """Timestep shift s of shift(t, s) = s t / (1 + (s - 1) t)."""
+    init: str = ""
+    """Weights to start from: '' = fresh init (diffusion), else a checkpoint written by the previous stage."""
+    recycle: bool = True
+    """False = supplementary G ablation: the recycled input is zero except for the first frame (every stage)."""
+    distill: DistillConf = field(default_factory=DistillConf)
+    """Consistency distillation options."""
+    adversarial: AdversarialConf = field(default_factory=AdversarialConf)
+    """Adversarial options."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one stage run needs."""
+
+    stage: StageConf = field(default_factory=StageConf)
+    """The stage (hydra group `stage`)."""
+    model: ModelConf = field(default_factory=ModelConf)
+    """The transformer (hydra group `model`)."""
+    data: DataConf = field(default_factory=DataConf)
+    """The data (hydra group `data`)."""
+    run_dir: str = "runs/diffusion_tiny"
+    """Training state, metrics.jsonl, TensorBoard files and sample videos."""
+    out: str = "checkpoints/diffusion_tiny.safetensors"
+    """Final weights of this stage (input of the next)."""
+    seed: int = 0
+    """Seed of init, data order and noise."""
+    deterministic: bool = True
+    """Deterministic kernels (exact resume on CPU; slower on GPU)."""
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu' or 'cuda'."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+    threads: int = 2
+    """torch CPU threads."""
+    ckpt_every: int = 50
+    """Save the training state every this many steps (and at exit)."""
+    log_every: int = 10
+    """Log metrics every this many steps."""
+    sample_every: int = 0
+    """Write a sample video every this many steps (0 = only at the end)."""
+    sample_frames: int = 8
+    """Latent frames per sample video."""
+    sample_steps: int = 8
+    """Euler steps per latent frame in the diffusion stage's sample videos (the distilled stages use 1)."""
+    resume: bool = False
+    """Continue from <run_dir>/state.safetensors when it exists."""
+    stop_after: int = 0
+    """Stop this run after this many steps, saving the state (0 = run to stage.steps)."""
+    progress_bar: bool = True
+    """Show the tqdm bar."""

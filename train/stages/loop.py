@@ -1,0 +1,300 @@
+"""The loop every stage shares: setup, exact resume, guarded updates, logging, samples, final weights.
+
+A stage subclasses `Stage`, builds its models/optimizers in `build()` and implements
+`train_step(batch, step) -> metrics`, calling `self.update(...)` for each optimizer step.
+Everything else lives here: distributed init (rank 0 logs), seeds, the curriculum data
+stream, bf16 autocast on CUDA, the NaN/inf guard (raises before the optimizer touches the
+weights, leaving the last good checkpoint as it is), atomic training states every
+`ckpt_every` steps and at exit, metrics (JSONL + TensorBoard), a tqdm bar, and mp4 samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.common import (
+    MetricsLogger,
+    NonFiniteLossError,
+    check_finite,
+    load_training_state,
+    previous_path,
+    progress,
+    save_training_state,
+    seed_everything,
+)
+from train.distributed import DistInfo, init_distributed
+from train.latents import load_frozen_vae
+from train.rollout import sample_rollout
+from train.stages.config import TrainConfig
+from train.stages.data import ClipStream
+from worldmodel.checkpoint import CheckpointError, load_checkpoint, save_world_model, subset
+from worldmodel.config import CameraStats, DiTConfig, model_config
+from worldmodel.dit import WorldDiT
+from worldmodel.flow import consistency_grid
+from worldmodel.world import video_to_uint8
+
+
+def load_dit_weights(model: WorldDiT, path: str | Path, allow_missing: tuple[str, ...] = ()) -> None:
+    """Load `dit.*` weights of a stage checkpoint; keys under `allow_missing` prefixes may stay fresh."""
+    tensors, _ = load_checkpoint(path, next(model.parameters()).device)
+    state = subset(tensors, "dit")
+    own = model.state_dict()
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(allow_missing))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{path} does not fit this model: missing {missing[:6]}, unexpected {unexpected[:6]}, shape mismatch "
+            f"{shapes[:6]}; was it trained with the same model= config?"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+class Stage:
+    """Base class of the three post-training stages."""
+
+    name = "stage"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        torch.set_num_threads(cfg.threads)
+        self.dist: DistInfo = init_distributed(device=None if cfg.device == "auto" else cfg.device)
+        self.device = self.dist.device
+        seed_everything(cfg.seed, deterministic=cfg.deterministic)  # same init on every rank
+        self.run_dir = Path(cfg.run_dir)
+        self.state_path = self.run_dir / "state.safetensors"
+        self.vae = load_frozen_vae(cfg.data.vae, self.device)
+        self.model_cfg = model_config(cfg.model.size, **dict(cfg.model.overrides))
+        if self.vae.cfg.latent_channels != self.model_cfg.latent_channels:
+            raise ValueError(f"VAE has {self.vae.cfg.latent_channels} latent channels, model expects "
+                             f"{self.model_cfg.latent_channels}; set model.overrides.latent_channels")
+        # Later stages keep the camera normalisation the model was trained with, even if the data grew since.
+        stats = None
+        if cfg.stage.init:
+            saved = load_checkpoint(cfg.stage.init)[1].get("camera_stats")
+            stats = CameraStats(**saved) if saved else None
+        self.stream = ClipStream(cfg.data, self.vae, self.model_cfg.frames_per_step, cfg.seed, self.device,
+                                 stats=stats, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.camera_stats = self.stream.dataset(0).stats
+        # Noise and timesteps differ per rank; the global RNG (model init) does not.
+        self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed * 1009 + self.dist.rank)
+        self.models: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.build()
+        self.step = 0
+
+    # ---- to implement ---------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Create `self.models` / `self.optimizers` (and anything else the stage needs)."""
+        raise NotImplementedError
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
+        """One training iteration; returns scalar metrics."""
+        raise NotImplementedError
+
+    @property
+    def generator(self) -> WorldDiT:
+        """The model whose weights are the stage's output."""
+        raise NotImplementedError
+
+    def on_checkpoint(self, step: int) -> dict[str, float]:
+        """Extra metrics at each checkpoint (e.g. distillation gap); default none."""
+        return {}
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Stage-specific exports after the last step."""
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def new_model(self, init: str = "", logit_head: bool = False, allow_missing: tuple[str, ...] = ()) -> WorldDiT:
+        """A WorldDiT of the configured size on this device, optionally loaded from a checkpoint."""
+        cfg: DiTConfig = dataclasses.replace(self.model_cfg, logit_head=logit_head)
+        model = WorldDiT(cfg).to(self.device)
+        if init:
+            load_dit_weights(model, init, allow_missing)
+        return model
+
+    def randn(self, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        """Standard normal noise from the stage's (checkpointed) generator."""
+        return torch.randn(shape, generator=self.noise_gen, device=self.device)
+
+    def rand(self, n: int) -> torch.Tensor:
+        """U(0, 1) samples from the stage's generator."""
+        return torch.rand(n, generator=self.noise_gen, device=self.device)
+
+    def autocast(self):
+        """bf16 autocast on CUDA when enabled; nothing on CPU."""
+        if self.device.type == "cuda" and self.cfg.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def guard(self, losses: dict[str, torch.Tensor]) -> None:
+        """NaN/inf guard: raise before any weight changes; the last good checkpoint stays."""
+        check_finite(self.step, losses, self.state_path if self.state_path.exists() else None)
+
+    def update(self, opt: torch.optim.Optimizer, model: nn.Module) -> float:
+        """Average gradients over ranks, clip, step and clear; returns the gradient norm."""
+        params = [p for p in model.parameters() if p.grad is not None]
+        if self.dist.world_size > 1:
+            # Data-parallel gradient averaging. Integration point: FSDP2 / context parallelism via
+            # worldmodel.parallel.parallelize(model, ParallelConfig, mesh) replaces this at scale.
+            for p in params:
+                torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+        clip = self.cfg.stage.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        if not torch.isfinite(norm):
+            self.guard({"grad_norm": norm})
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(norm)
+
+    # ---- state --------------------------------------------------------------------------------
+
+    def save_state(self) -> None:
+        """Atomic training state (models, optimizers, step, RNGs, data position); rank 0 writes."""
+        if self.dist.is_main:
+            save_training_state(self.state_path, self.step, self.models, self.optimizers, {"noise": self.noise_gen},
+                                extra={"data": self.stream.state(), "stage": self.name,
+                                       "config": dataclasses.asdict(self.cfg)})
+
+    def resume(self) -> None:
+        """Load <run_dir>/state.safetensors (or its previous copy) when resuming."""
+        if self.cfg.resume and (self.state_path.exists() or previous_path(self.state_path).exists()):
+            self.step, extra = load_training_state(self.state_path, self.models, self.optimizers, {"noise": self.noise_gen})
+            if extra.get("stage") != self.name:
+                raise CheckpointError(f"{self.state_path} holds a {extra.get('stage')!r} run, not {self.name!r}; "
+                                      f"use another run_dir")
+            self.stream.load_state(extra["data"])
+            if self.dist.is_main:
+                print(f"resumed {self.name} from {self.state_path} at step {self.step}")
+
+    # ---- samples --------------------------------------------------------------------------------
+
+    def fixed_clips(self, n: int) -> dict[str, Any]:
+        """n deterministic validation clips (training clips when there is no validation split)."""
+        for split in ("val", "train"):
+            try:
+                s = ClipStream(self.cfg.data, self.vae, self.model_cfg.frames_per_step, 0, self.device,
+                               stats=self.camera_stats, split=split)
+                ds = s.dataset(0)
+            except ValueError:
+                continue
+            k = min(k for k, w in ds.windows.items() if w)
+            wins = ds.windows[k]
+            pick = np.linspace(0, len(wins) - 1, min(n, len(wins))).round().astype(int)
+            return s.items(ds, [(*wins[j], k, 0) for j in pick])
+        raise ValueError(f"no clips in {self.cfg.data.root} for samples/evaluation")
+
+    @torch.no_grad()
+    def write_sample(self, tag: str) -> Path | None:
+        """mp4 of ground truth (left) next to an autoregressive rollout (right) from validation first frames."""
+        if not self.dist.is_main:
+            return None
+        import imageio.v2 as imageio
+
+        clips = self.fixed_clips(2)
+        z, cam = clips["latents"], clips["camera"]
+        n = min(self.cfg.sample_frames, cam.shape[1])
+        steps = self.cfg.sample_steps if self.name == "diffusion" else 1
+        grid = consistency_grid(steps, self.cfg.stage.shift)
+        gen = torch.Generator(self.device).manual_seed(1234)
+        model = self.generator
+        was_training = model.training
+        fake = sample_rollout(model.eval(), z[:, 0], cam[:, :n], grid, gen)  # (B, 1+n, C, h, w)
+        model.train(was_training)
+        real = self.vae.decode(z[:, : n + 1], light=True)
+        video = torch.cat([real, self.vae.decode(fake, light=True)], dim=-1)  # side by side
+        frames = video_to_uint8(video)  # (B, T, H, 2W, 3)
+        frames = np.concatenate(list(frames), axis=1)  # streams stacked vertically
+        path = self.run_dir / "samples" / f"{tag}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        imageio.mimwrite(path, list(frames), fps=8, macro_block_size=1)
+        return path
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def save_weights(self) -> None:
+        """The stage's output weights (DiT + camera stats) for the next stage."""
+        if self.dist.is_main:
+            save_world_model(self.cfg.out, self.generator, self.generator.cfg, self.camera_stats,
+                             extra_meta={"stage": self.name, "steps": self.step})
+
+    def evaluate(self, logger: MetricsLogger) -> None:
+        """Run `on_checkpoint` at the current step, log and remember its metrics."""
+        metrics = self.on_checkpoint(self.step)
+        if metrics:
+            self.evals[self.step] = metrics
+            logger.log(self.step, metrics)
+
+    def run(self) -> dict[str, Any]:
+        """Train to `stage.steps` (or `stop_after` more steps); returns a summary."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        start = self.step
+        main = self.dist.is_main
+        logger = MetricsLogger(self.run_dir, resume_step=self.step if cfg.resume else None) if main else None
+        self.evals: dict[int, dict[str, float]] = {}
+        if main and start == 0:
+            self.evaluate(logger)
+        bar = progress(cfg.stage.steps, self.step, desc=self.name) if main and cfg.progress_bar else None
+        t0, first_loss, last = time.perf_counter(), None, {}
+        try:
+            while self.step < cfg.stage.steps:
+                batch = self.stream.next(self.step)
+                for m in self.models.values():
+                    m.train()
+                with self.autocast():
+                    metrics = self.train_step(batch, self.step)
+                self.step += 1
+                first_loss = metrics if first_loss is None else first_loss
+                last = metrics
+                if main and (self.step % cfg.log_every == 0 or self.step == cfg.stage.steps):
+                    logger.log(self.step, {**metrics, "steps_per_s": (self.step - start) / (time.perf_counter() - t0)})
+                if bar is not None:
+                    bar.update(1)
+                    key = next(iter(metrics))
+                    bar.set_postfix({key: f"{metrics[key]:.4f}",
+                                     "clips/s": f"{(self.step - start) * len(batch['keys']) / (time.perf_counter() - t0):.2f}"})
+                if self.step % cfg.ckpt_every == 0:
+                    self.save_state()
+                    if main:
+                        self.evaluate(logger)
+                if main and cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.write_sample(f"step{self.step:07d}")
+                if cfg.stop_after and self.step - start >= cfg.stop_after:
+                    break
+        except NonFiniteLossError:
+            raise  # the last good training state stays untouched
+        except BaseException:
+            self.save_state()  # interrupted: keep what was learned, resumable
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        self.save_state()
+        summary: dict[str, Any] = {"stage": self.name, "steps": self.step, "steps_this_run": self.step - start,
+                                   "wall_s": time.perf_counter() - t0, "first": first_loss, "last": last}
+        if self.step >= cfg.stage.steps:
+            self.save_weights()
+            if main:
+                if self.step not in self.evals:
+                    self.evaluate(logger)
+                summary["evals"] = self.evals
+                summary["sample"] = str(self.write_sample("final"))
+                self.finish(summary)
+                summary["out"] = cfg.out
+        if logger is not None:
+            logger.close()
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        return summary
