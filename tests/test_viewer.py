@@ -12,11 +12,10 @@ from pathlib import Path
 import imageio
 import numpy as np
 import pytest
-import torch
 
 from agents.keyboard import KeyboardMapping
 from envs.world import WorldEnv
-from tests.test_world_env import FPS, HIGH, HW, LOW, build_world
+from tests.test_world_env import FPS, HIGH, HW, LOW, build_world, world_file  # noqa: F401 (fixture)
 from viewer.recorder import log_path
 from viewer.script import parse_keys
 from viewer.worker import GenerationWorker, LiveInput
@@ -26,22 +25,6 @@ from worldmodel.world import World
 ROOT = Path(__file__).resolve().parents[1]
 # With the test world's bounds (translation 8, rotation 0.3), for_bounds() gives half of each:
 MOVE, TURN, MOUSE = 4.0, 0.15, 0.15 / 40
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models, shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def world_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("world") / "world.safetensors"
-    build_world(path)
-    return path
 
 
 def test_keys_map_to_camera_motion_in_opencv_axes():

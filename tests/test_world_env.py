@@ -41,15 +41,6 @@ def build_world(path, card=None) -> None:
     World(dit, vae, meta, start_frames=starts).save(path)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: these models are tiny, and on a shared CPU a second thread only adds contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def world_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("world") / "world.safetensors"
