@@ -93,15 +93,20 @@ _SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def model_config(name: str, **overrides: Any) -> DiTConfig:
-    """A fresh config from the size registry, with field overrides."""
-    if name not in _SIZES:
-        raise KeyError(f"unknown model size {name!r}; known: {sorted(_SIZES)}")
-    fields = {f.name for f in dataclasses.fields(DiTConfig)}
+def from_registry(cls: type, sizes: dict[str, dict[str, Any]], name: str, overrides: dict[str, Any]) -> Any:
+    """Build config `cls` from a named size plus field overrides; unknown names or fields are errors."""
+    if name not in sizes:
+        raise KeyError(f"unknown {cls.__name__} size {name!r}; known: {sorted(sizes)}")
+    fields = {f.name for f in dataclasses.fields(cls)}
     bad = set(overrides) - fields
     if bad:
-        raise KeyError(f"unknown DiTConfig field(s) {sorted(bad)}; known: {sorted(fields)}")
-    return DiTConfig(name=name, **{**_SIZES[name], **overrides})
+        raise KeyError(f"unknown {cls.__name__} field(s) {sorted(bad)}; known: {sorted(fields)}")
+    return cls(name=name, **{**sizes[name], **overrides})
+
+
+def model_config(name: str, **overrides: Any) -> DiTConfig:
+    """A fresh config from the size registry, with field overrides."""
+    return from_registry(DiTConfig, _SIZES, name, overrides)
 
 
 def model_sizes() -> list[str]:
