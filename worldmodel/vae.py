@@ -62,12 +62,14 @@ class VAEConfig:
     """Full decoder width per scale, full resolution first (paper: 128/256/512/512)."""
     decoder_blocks: int = 2
     """Residual blocks per full-decoder scale (paper: 3)."""
-    light_decoder_channels: list[int] = field(default_factory=lambda: [16, 32, 48, 64])
+    light_decoder_channels: list[int] = field(default_factory=lambda: [16, 32, 64, 96])
     """Lightweight decoder width per scale, full resolution first (paper: 64/128/256/512)."""
     light_decoder_blocks: int = 1
     """Residual blocks per lightweight-decoder scale (paper: 2)."""
     temporal_kernel: int = 2
     """Causal kernel size over latent frames of the first conv of each residual block."""
+    logvar_init: float = -6.0
+    """Initial posterior log-variance (bias of the encoder's log-variance channels)."""
     logvar_min: float = -30.0
     """Lower clamp of the posterior log-variance (keeps exp() finite)."""
     logvar_max: float = 20.0
@@ -266,6 +268,9 @@ class Encoder(nn.Module):
                 self.downs.append(Downsample(c, c))
         self.norm_out = ChannelNorm(ch[-1])
         self.conv_out = CausalConv(ch[-1], 2 * cfg.latent_channels, 1)
+        # Start with a small posterior std: with logvar = 0 the sampling noise (std 1) drowns
+        # the still-small means and the decoder learns to ignore the latents (seen: collapse).
+        nn.init.constant_(self.conv_out.conv.bias[cfg.latent_channels :], cfg.logvar_init)
 
     def forward(self, x: Tensor, cache: FeatureCache | None = None) -> tuple[Tensor, Tensor]:
         h = self.conv_in(x)  # (B, n, ch0, H, W)

@@ -1,0 +1,280 @@
+"""Training infrastructure shared by every stage: seeding, exact-resume checkpoints, metrics, guards.
+
+- `seed_everything(seed)`: python, numpy and torch RNGs, deterministic algorithms on.
+- `save_training_state` / `load_training_state`: model(s), optimizer(s), step, RNG states
+  (python, numpy, torch, CUDA, and any named `torch.Generator`) and free-form JSON extras
+  in one safetensors file (through `worldmodel.checkpoint`, so never pickle). The write is
+  atomic and the previous good file is kept as `<name>.prev.safetensors`; loading falls
+  back to it when the newest file is missing or corrupt.
+- `MetricsLogger`: JSONL (always) + TensorBoard (when installed) scalars.
+- `check_finite`: the NaN/inf guard; raises `NonFiniteLossError` naming the step and loss.
+- `progress`: a tqdm bar that shows loss and throughput.
+
+Optimizer state is flattened generically: every tensor leaf of `optimizer.state_dict()`
+becomes a safetensors tensor under `optim.<name>.<path>`, and the rest (hyperparameters,
+param-id lists, int dict keys, tuples) is kept as a JSON skeleton that records each leaf's
+type, so `load_state_dict` gets back exactly what `state_dict` gave.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from worldmodel.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+
+STATE_FORMAT = "train-state/1"
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch (CPU and CUDA); optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+# ----------------------------------------------------------------------------- nested state <-> tensors + JSON
+
+
+def flatten_state(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
+    """Move every tensor leaf of a nested dict/list/tuple into `tensors`; return a JSON skeleton."""
+    if isinstance(obj, Tensor):
+        tensors[prefix] = obj.detach().cpu()
+        return {"__tensor__": prefix}
+    if isinstance(obj, Mapping):
+        # JSON keys are strings; record the items as pairs so int keys (param ids) survive.
+        return {"__dict__": [[k, flatten_state(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": repr(obj)}  # inf / nan are not JSON
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix!r} in a training state; use tensors or JSON types")
+
+
+def unflatten_state(skel: Any, tensors: Mapping[str, Tensor]) -> Any:
+    """Inverse of `flatten_state`."""
+    if isinstance(skel, list):
+        return [unflatten_state(v, tensors) for v in skel]
+    if isinstance(skel, dict):
+        if "__tensor__" in skel:
+            return tensors[skel["__tensor__"]]
+        if "__dict__" in skel:
+            return {k: unflatten_state(v, tensors) for k, v in skel["__dict__"]}
+        if "__tuple__" in skel:
+            return tuple(unflatten_state(v, tensors) for v in skel["__tuple__"])
+        if "__float__" in skel:
+            return float(skel["__float__"])
+        raise ValueError(f"unknown node in training-state skeleton: {sorted(skel)}")
+    return skel
+
+
+def rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """Snapshot of python, numpy, torch (and CUDA) RNGs plus named generators, as nested tensors/JSON."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "generators": {k: g.get_state() for k, g in (generators or {}).items()},
+    }
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any], generators: Mapping[str, torch.Generator] | None = None) -> None:
+    """Restore a `rng_state` snapshot."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+    for k, g in (generators or {}).items():
+        if k not in state["generators"]:
+            raise CheckpointError(f"training state has no generator {k!r}; it has {sorted(state['generators'])}")
+        g.set_state(state["generators"][k])
+
+
+# ----------------------------------------------------------------------------- training-state checkpoints
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where the previous good training state is kept: `state.safetensors` -> `state.prev.safetensors`."""
+    path = Path(path)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def save_training_state(
+    path: str | Path,
+    step: int,
+    models: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    generators: Mapping[str, torch.Generator] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Atomically write models, optimizers, step, RNG states and JSON `extra`; keep the previous file."""
+    path = Path(path)
+    tensors: dict[str, Tensor] = {}
+    for name, m in models.items():
+        tensors.update({f"model.{name}.{k}": v for k, v in m.state_dict().items()})
+    skeleton = {
+        "optimizers": {n: flatten_state(o.state_dict(), f"optim.{n}", tensors) for n, o in (optimizers or {}).items()},
+        "rng": flatten_state(rng_state(generators), "rng", tensors),
+    }
+    meta = {"kind": STATE_FORMAT, "step": int(step), "models": sorted(models), "skeleton": skeleton,
+            "extra": dict(extra or {}), "saved_at": time.time()}
+    if path.exists():
+        # Keep the last good state: a hard link costs nothing and is replaced atomically.
+        prev, tmp = previous_path(path), path.with_name(path.name + ".prevtmp")
+        if tmp.exists():
+            tmp.unlink()
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copy2(path, tmp)
+        os.replace(tmp, prev)
+    save_checkpoint(path, tensors, meta)
+
+
+def _read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors, meta = load_checkpoint(path)
+    if meta.get("kind") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a training state (kind={meta.get('kind')!r}, expected {STATE_FORMAT!r})")
+    return tensors, meta
+
+
+def load_training_state(
+    path: str | Path,
+    models: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    generators: Mapping[str, torch.Generator] | None = None,
+    restore_rng: bool = True,
+) -> tuple[int, dict[str, Any]]:
+    """Restore a `save_training_state` file into the given objects; returns (step, extra).
+
+    Falls back to the previous good file if the newest is missing or corrupt; raises
+    CheckpointError naming both files if neither loads.
+    """
+    path = Path(path)
+    try:
+        tensors, meta = _read_state(path)
+    except CheckpointError as first:
+        prev = previous_path(path)
+        if not prev.exists():
+            raise
+        try:
+            tensors, meta = _read_state(prev)
+        except CheckpointError as second:
+            raise CheckpointError(f"neither {path} ({first}) nor {prev} ({second}) is a readable training state") from second
+        print(f"warning: {path} unreadable ({first}); resuming from the previous state {prev}")
+    missing = sorted(set(models) - set(meta["models"]))
+    if missing:
+        raise CheckpointError(f"training state {path} has no model(s) {missing}; it has {meta['models']}")
+    for name, m in models.items():
+        p = f"model.{name}."
+        load_state_strict(m, {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}, path)
+    skel = meta["skeleton"]
+    for name, opt in (optimizers or {}).items():
+        if name not in skel["optimizers"]:
+            raise CheckpointError(f"training state {path} has no optimizer {name!r}; it has {sorted(skel['optimizers'])}")
+        opt.load_state_dict(unflatten_state(skel["optimizers"][name], tensors))
+    if restore_rng:
+        set_rng_state(unflatten_state(skel["rng"], tensors), generators)
+    return int(meta["step"]), meta["extra"]
+
+
+# ----------------------------------------------------------------------------- metrics, guard, progress
+
+
+class MetricsLogger:
+    """Scalars to `<dir>/metrics.jsonl` (one JSON object per line) and TensorBoard event files."""
+
+    def __init__(self, log_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True) -> None:
+        self.dir = Path(log_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            # Rows logged after the checkpoint we resume from will be logged again: drop them.
+            rows = [r for r in self.path.read_text().splitlines() if r.strip()]
+            kept = [r for r in rows if json.loads(r).get("step", 0) <= resume_step]
+            self.path.write_text("".join(r + "\n" for r in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self._f = self.path.open("a")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.dir / "tb"), purge_step=resume_step)
+            except ImportError:  # tensorboard is optional at runtime
+                self.tb = None
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Append one row; values are converted to float."""
+        row = {"step": int(step), "time": time.time(), **{k: float(v) for k, v in metrics.items()}}
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(k, float(v), step)
+
+    def close(self) -> None:
+        """Flush and close both sinks."""
+        self._f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or inf; training stopped before touching the last good checkpoint."""
+
+
+def check_finite(step: int, losses: Mapping[str, Tensor | float], checkpoint: str | Path | None = None) -> None:
+    """Raise NonFiniteLossError naming the step and every non-finite loss (call before optimizer.step)."""
+    vals = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in losses.items()}
+    bad = {k: v for k, v in vals.items() if not math.isfinite(v)}
+    if bad:
+        where = f"; the last good checkpoint {checkpoint} is untouched" if checkpoint else ""
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step}: {bad}{where}. Lower the learning rate, check the inputs for "
+            f"NaN/inf, or resume from the checkpoint with a different seed."
+        )
+
+
+def progress(total: int, initial: int = 0, desc: str = "train", unit: str = "step"):
+    """A tqdm bar from `initial` to `total`; update with `bar.update(1)` and `bar.set_postfix(loss=...)`."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.1)

@@ -1,0 +1,475 @@
+"""Train the causal video VAE on real ViZDoom frames: `python -m train.vae phase=recon`, then `phase=light`.
+
+- `phase=recon`: encoder + full decoder, L1 + MSE reconstruction + a small KL. At the end the
+  per-channel latent statistics are measured on training clips and stored in the model, and
+  the VAE is written to `out` (default `checkpoints/vae_<size>.safetensors`).
+- `phase=light`: loads `init` (the recon output), freezes the encoder and the full decoder, and
+  trains the lightweight decoder to match the full decoder's output (plus the ground truth),
+  then overwrites `out` with all three parts.
+
+Data: shards of `train/shards.py` under `data_root` (`data/doom`, written by
+`python -m train.collect`): split `train` (freedoom2 MAP01-24) for training, `val`
+(MAP25-32) for the held-out PSNR. Frames are resized (area) to `height` x `width`; training
+uses random crops of short clips (the model is fully convolutional, crops are cheaper).
+
+Every `ckpt_every` steps and at exit the full training state (weights, optimizer, step, RNG
+and data-sampler state) goes to `<run_dir>/<phase>/state.safetensors`; `resume=true`
+continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from train.common import (
+    MetricsLogger,
+    NonFiniteLossError,
+    check_finite,
+    load_training_state,
+    progress,
+    save_training_state,
+    seed_everything,
+)
+from train.shards import read_manifest, read_shard, write_manifest, write_shard, ShardInfo
+from worldmodel.vae import CausalVAE, load_vae, save_vae, vae_config
+
+
+@dataclass
+class TrainVAEConfig:
+    """Options of `python -m train.vae` (hydra: `key=value` on the command line)."""
+
+    phase: str = "recon"
+    """'recon' (encoder + full decoder), 'light' (light decoder distilled from the full one) or 'eval' (PSNR of `init`)."""
+    size: str = "tiny"
+    """VAE registry name (worldmodel.vae.vae_config)."""
+    vae: dict[str, Any] = field(default_factory=dict)
+    """VAEConfig field overrides, e.g. `+vae.latent_channels=8`."""
+    data_root: str = "data/doom"
+    """Shard root with manifest.json (train/shards.py format)."""
+    val_root: str = ""
+    """Shard root of the held-out 'val' split; empty = data_root."""
+    height: int = 96
+    """Frame height after resizing."""
+    width: int = 128
+    """Frame width after resizing."""
+    clip_frames: int = 5
+    """Video frames per training clip (1 + 4k)."""
+    crop_h: int = 48
+    """Training crop height (multiple of the VAE's spatial factor; <= height)."""
+    crop_w: int = 64
+    """Training crop width (multiple of the VAE's spatial factor; <= width)."""
+    batch_size: int = 4
+    """Clips per step."""
+    steps: int = 300
+    """Total optimizer steps of this phase."""
+    lr: float = 5e-4
+    """AdamW peak learning rate (cosine decay to 10% after a short warm-up)."""
+    warmup: int = 20
+    """Linear learning-rate warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip."""
+    kl_weight: float = 1e-4
+    """Weight of the per-element mean KL to N(0, 1) (recon phase)."""
+    mse_weight: float = 1.0
+    """Weight of the MSE term added to L1 in every reconstruction loss."""
+    distill_weight: float = 1.0
+    """Light phase: weight of matching the full decoder's output."""
+    gt_weight: float = 0.5
+    """Light phase: weight of matching the ground-truth frames."""
+    max_train_frames: int = 12000
+    """Cap on training frames held in memory (shards are taken in manifest order, evenly thinned)."""
+    eval_frames: int = 9
+    """Video frames per held-out clip (1 + 4k)."""
+    eval_clips: int = 64
+    """Held-out clips (clip_frames each, full frames) for the PSNR at the end of a phase."""
+    stats_clips: int = 64
+    """Training clips used to measure latent mean/std (recon phase)."""
+    ckpt_every: int = 50
+    """Save the training state every this many steps (and at exit)."""
+    log_every: int = 10
+    """Log metrics every this many steps."""
+    run_dir: str = "runs/vae_tiny"
+    """Training states, metrics.jsonl and TensorBoard files go to <run_dir>/<phase>/."""
+    out: str = "checkpoints/vae_tiny.safetensors"
+    """Where the trained VAE is written at the end of the phase."""
+    init: str = "checkpoints/vae_tiny.safetensors"
+    """Light phase: the recon-phase VAE to start from."""
+    stop_after: int = 0
+    """Stop this run after this many steps, saving the state (0 = run to `steps`); for time-sliced jobs and tests."""
+    resume: bool = False
+    """Continue from <run_dir>/<phase>/state.safetensors if it exists."""
+    seed: int = 0
+    """Seed of model init, data sampling and posterior noise."""
+    threads: int = 2
+    """torch CPU threads (the shared dev box has 2 cores)."""
+    progress_bar: bool = True
+    """Show the tqdm bar."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, height, width, 3) uint8, area interpolation when shrinking."""
+    import cv2
+
+    if frames.shape[1:3] == (height, width):
+        return frames
+    shrink = frames.shape[1] >= height and frames.shape[2] >= width
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
+
+
+class FrameClips:
+    """Real frames of one split held in memory as uint8; samples random (cropped) clips."""
+
+    def __init__(self, root: str | Path, split: str, height: int, width: int, max_frames: int | None = None) -> None:
+        rows = read_manifest(root, split)
+        if not rows:
+            raise FileNotFoundError(f"no '{split}' shards in {root}/manifest.json; collect data first (python -m train.collect)")
+        total = sum(r.frames for r in rows)
+        if max_frames is not None and total > max_frames:  # thin evenly so every map stays represented
+            keep = max(1, round(len(rows) * max_frames / total))
+            rows = [rows[i] for i in np.linspace(0, len(rows) - 1, keep).round().astype(int)]
+        self.videos = [torch.from_numpy(resize_frames(read_shard(Path(root) / r.path)["frames"], height, width)) for r in rows]
+        self.maps = sorted({f"{r.wad}:{r.map}" for r in rows})
+        self.height, self.width = height, width
+
+    @property
+    def num_frames(self) -> int:
+        return sum(v.shape[0] for v in self.videos)
+
+    @staticmethod
+    def to_float(x: Tensor) -> Tensor:
+        """uint8 (..., T, H, W, 3) -> float (..., T, 3, H, W) in [-1, 1]."""
+        return x.permute(*range(x.ndim - 3), -1, -3, -2).float() / 127.5 - 1.0
+
+    def sample(self, gen: torch.Generator, batch: int, frames: int, crop_h: int, crop_w: int) -> Tensor:
+        """Random clips (B, frames, 3, crop_h, crop_w) in [-1, 1], drawn with `gen` only (resumable)."""
+        videos = [v for v in self.videos if v.shape[0] >= frames]
+        if not videos:
+            raise ValueError(f"no shard has {frames} frames; lower clip_frames")
+        out = []
+        for _ in range(batch):
+            v = videos[int(torch.randint(len(videos), (1,), generator=gen))]
+            t = int(torch.randint(v.shape[0] - frames + 1, (1,), generator=gen))
+            y = int(torch.randint(self.height - crop_h + 1, (1,), generator=gen))
+            x = int(torch.randint(self.width - crop_w + 1, (1,), generator=gen))
+            clip = v[t : t + frames, y : y + crop_h, x : x + crop_w]
+            if int(torch.randint(2, (1,), generator=gen)):  # mirror: doubles the scenery
+                clip = clip.flip(2)
+            out.append(clip)
+        return self.to_float(torch.stack(out))
+
+    def fixed_clips(self, n: int, frames: int) -> Tensor:
+        """n full-frame clips at evenly spaced positions (deterministic): (n, frames, 3, H, W)."""
+        spots = [(i, t) for i, v in enumerate(self.videos) for t in range(0, v.shape[0] - frames + 1, frames)]
+        if not spots:
+            raise ValueError(f"no shard has {frames} frames for evaluation")
+        pick = np.linspace(0, len(spots) - 1, min(n, len(spots))).round().astype(int)
+        return self.to_float(torch.stack([self.videos[i][t : t + frames] for i, t in (spots[j] for j in pick)]))
+
+
+def render_doom_shards(
+    root: str | Path, maps: dict[str, list[str]], frames_per_map: int = 200, resolution: str = "RES_160X120", seed: int = 0
+) -> None:
+    """Render real freedoom2 frames with a simple wandering camera into the shard format (fallback/test data).
+
+    `maps` is {split: [map names]}, e.g. {"train": ["MAP01"], "val": ["MAP25"]}. Monsters off,
+    HUD and weapon hidden. Poses are not tracked (identity), so these shards are for the VAE only.
+    """
+    import vizdoom as vzd
+
+    wad = os.path.join(os.path.dirname(vzd.__file__), "freedoom2.wad")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, names in maps.items():
+        for m in names:
+            g = vzd.DoomGame()
+            g.set_doom_game_path(wad)
+            g.set_doom_map(m)
+            g.set_screen_resolution(getattr(vzd.ScreenResolution, resolution))
+            g.set_screen_format(vzd.ScreenFormat.RGB24)
+            g.set_render_hud(False)
+            g.set_render_weapon(False)
+            g.set_render_crosshair(False)
+            g.set_window_visible(False)
+            g.set_sound_enabled(False)
+            g.add_game_args("-nomonsters")
+            g.set_available_buttons([vzd.Button.TURN_LEFT_RIGHT_DELTA, vzd.Button.MOVE_FORWARD_BACKWARD_DELTA])
+            g.set_mode(vzd.Mode.PLAYER)
+            g.set_seed(int(rng.integers(2**31)))
+            g.init()
+            g.new_episode()
+            frames, turn = [], 0.0
+            for _ in range(frames_per_map):
+                frames.append(g.get_state().screen_buffer.copy())
+                turn = 0.8 * turn + rng.normal(0.0, 2.0)  # smooth random turning
+                g.make_action([float(turn), 12.0 if rng.random() < 0.8 else -6.0])
+                if g.is_episode_finished():
+                    g.new_episode()
+            g.close()
+            f = np.stack(frames)
+            rel = f"{split}/freedoom2_{m}.npz"
+            write_shard(Path(root) / rel, f, np.tile(np.eye(4), (len(f), 1, 1)), np.array([80.0, 80.0, 79.5, 59.5]),
+                        "freedoom2", m, seed)
+            rows.append(ShardInfo(rel, split, len(f), f.shape[1], f.shape[2], "freedoom2", m, seed,
+                                  (Path(root) / rel).stat().st_size))
+    write_manifest(root, rows)
+
+
+# ----------------------------------------------------------------------------- losses, metrics
+
+
+def recon_loss(pred: Tensor, target: Tensor, mse_weight: float) -> Tensor:
+    """L1 (sharp edges) + weighted MSE (what PSNR measures)."""
+    return F.l1_loss(pred, target) + mse_weight * F.mse_loss(pred, target)
+
+
+def kl_loss(mean: Tensor, logvar: Tensor) -> Tensor:
+    """Per-element mean KL(N(mean, exp(logvar)) || N(0, 1))."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+
+
+def psnr(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-frame PSNR in dB of videos (..., T, 3, H, W) in [-1, 1] (data range 1 after mapping to [0, 1])."""
+    mse = ((pred.clamp(-1, 1) - target) / 2).pow(2).flatten(-3).mean(-1)
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+@torch.no_grad()
+def evaluate(vae: CausalVAE, clips: Tensor, batch: int = 8) -> dict[str, float]:
+    """Mean per-frame PSNR of encode -> decode for the full and the light decoder."""
+    vae.eval()
+    out: dict[str, list[Tensor]] = {"psnr_full": [], "psnr_light": []}
+    for i in range(0, len(clips), batch):
+        x = clips[i : i + batch]
+        z = vae.encode(x)
+        out["psnr_full"].append(psnr(vae.decode(z, light=False), x).flatten())
+        out["psnr_light"].append(psnr(vae.decode(z, light=True), x).flatten())
+    return {k: float(torch.cat(v).mean()) for k, v in out.items()}
+
+
+@torch.no_grad()
+def latent_stats(vae: CausalVAE, clips: Tensor, batch: int = 8) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std (C,) of un-normalised posterior means over clips."""
+    zs = [vae.encode_posterior(clips[i : i + batch])[0] for i in range(0, len(clips), batch)]
+    z = torch.cat(zs).transpose(0, 2).flatten(1)  # (C, everything)
+    return z.mean(1), z.std(1).clamp_min(1e-4)
+
+
+def lr_at(step: int, cfg: TrainVAEConfig) -> float:
+    """Linear warm-up then cosine decay to 10% of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def build(cfg: TrainVAEConfig) -> tuple[CausalVAE, list[torch.nn.Parameter]]:
+    """The VAE for this phase and the parameters it trains (light: frozen encoder + full decoder)."""
+    if cfg.phase == "recon":
+        vae = CausalVAE(vae_config(cfg.size, **cfg.vae))
+        params = list(vae.encoder.parameters()) + list(vae.decoder.parameters())
+    elif cfg.phase == "light":
+        vae = light_phase_vae(cfg)
+        for p in vae.parameters():
+            p.requires_grad_(False)
+        params = list(vae.light_decoder.parameters())
+        for p in params:
+            p.requires_grad_(True)
+    else:
+        raise ValueError(f"phase={cfg.phase!r}; expected 'recon' or 'light'")
+    return vae, params
+
+
+LIGHT_FIELDS = ("name", "light_decoder_channels", "light_decoder_blocks")
+
+
+def light_phase_vae(cfg: TrainVAEConfig) -> CausalVAE:
+    """The VAE for `phase=light`: encoder, full decoder and latent stats from `init`, light decoder per this config.
+
+    The light decoder's shape comes from the current config (it is what this phase trains);
+    its weights are carried over from `init` only when the shapes agree.
+    """
+    init = load_vae(cfg.init)
+    want = vae_config(cfg.size, **cfg.vae)
+    diff = {f.name: (getattr(init.cfg, f.name), getattr(want, f.name)) for f in dataclasses.fields(want)
+            if f.name not in LIGHT_FIELDS and getattr(init.cfg, f.name) != getattr(want, f.name)}
+    if diff:
+        raise ValueError(f"{cfg.init} was trained with a different encoder/decoder config (init, asked): {diff}; "
+                         f"use the same size/overrides as the recon phase")
+    vae = CausalVAE(want)
+    vae.encoder.load_state_dict(init.encoder.state_dict())
+    vae.decoder.load_state_dict(init.decoder.state_dict())
+    vae.set_latent_stats(init.latent_mean, init.latent_std)
+    if [init.cfg.light_decoder_channels, init.cfg.light_decoder_blocks] == [want.light_decoder_channels, want.light_decoder_blocks]:
+        vae.light_decoder.load_state_dict(init.light_decoder.state_dict())
+    return vae
+
+
+def train_step(vae: CausalVAE, x: Tensor, cfg: TrainVAEConfig) -> dict[str, Tensor]:
+    """Losses of one batch of clips x (B, T, 3, h, w); 'loss' is what gets minimised."""
+    if cfg.phase == "recon":
+        mean, logvar = vae.encode_posterior(x)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()  # reparameterised sample
+        rec = recon_loss(vae.decode_raw(z), x, cfg.mse_weight)
+        kl = kl_loss(mean, logvar)
+        return {"loss": rec + cfg.kl_weight * kl, "recon": rec, "kl": kl}
+    with torch.no_grad():
+        mean, logvar = vae.encode_posterior(x)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        target = vae.decode_raw(z)
+    pred = vae.decode_raw(z, light=True)
+    distill = recon_loss(pred, target, cfg.mse_weight)
+    gt = recon_loss(pred, x, cfg.mse_weight)
+    return {"loss": cfg.distill_weight * distill + cfg.gt_weight * gt, "distill": distill, "gt": gt}
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (kill, job preemption) into KeyboardInterrupt so the loop saves its state before exiting."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def _raise(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, _raise)
+
+
+def train_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
+    """Run one phase; returns a summary (steps, wall time, held-out PSNRs, output path)."""
+    if cfg.phase == "eval":
+        return eval_vae(cfg)
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    run = Path(cfg.run_dir) / cfg.phase
+    state_path = run / "state.safetensors"
+    vae, params = build(cfg)
+    for s, n in (("crop_h", cfg.crop_h), ("crop_w", cfg.crop_w)):
+        if n % vae.cfg.spatial_factor:
+            raise ValueError(f"{s}={n} must be a multiple of the VAE's spatial factor {vae.cfg.spatial_factor}")
+    train = FrameClips(cfg.data_root, "train", cfg.height, cfg.width, cfg.max_train_frames)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    if cfg.resume and (state_path.exists() or state_path.with_name("state.prev.safetensors").exists()):
+        step, _ = load_training_state(state_path, {"vae": vae}, {"opt": opt}, {"data": gen})
+        print(f"resumed {cfg.phase} from {state_path} at step {step}")
+
+    def save_state() -> None:
+        save_training_state(state_path, step, {"vae": vae}, {"opt": opt}, {"data": gen},
+                            extra={"phase": cfg.phase, "config": dataclasses.asdict(cfg)})
+
+    stop_on_sigterm()
+    logger = MetricsLogger(run, resume_step=step if cfg.resume else None)
+    bar = progress(cfg.steps, step, desc=f"vae {cfg.phase}") if cfg.progress_bar else None
+    t0, start_step, clips_seen = time.perf_counter(), step, 0
+    vae.train()
+    try:
+        while step < cfg.steps:
+            x = train.sample(gen, cfg.batch_size, cfg.clip_frames, cfg.crop_h, cfg.crop_w)  # (B, T, 3, h, w)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            losses = train_step(vae, x, cfg)
+            check_finite(step, losses, state_path if state_path.exists() else None)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            clips_seen += x.shape[0]
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                dt = time.perf_counter() - t0
+                logger.log(step, {**{k: v.item() for k, v in losses.items()}, "grad_norm": gnorm.item(),
+                                  "lr": opt.param_groups[0]["lr"], "steps_per_s": (step - start_step) / dt})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses['loss'].item():.4f}", clips_s=f"{clips_seen / (time.perf_counter() - t0):.1f}")
+            if step % cfg.ckpt_every == 0:
+                save_state()
+            if cfg.stop_after and step - start_step >= cfg.stop_after:
+                break
+    except NonFiniteLossError:
+        raise  # leave the last good training state as it is
+    except BaseException:
+        save_state()  # interrupted (Ctrl-C, OOM...): keep what was learned, resumable
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    save_state()
+    wall = time.perf_counter() - t0
+    if step < cfg.steps:  # stopped early on purpose: resume later with resume=true
+        logger.close()
+        return {"phase": cfg.phase, "steps": step, "stopped_early": True, "wall_s": wall}
+
+    summary = {"phase": cfg.phase, "steps": step, "steps_this_run": step - start_step, "wall_s": wall,
+               "train_frames": train.num_frames, "train_maps": train.maps, "out": cfg.out}
+    if cfg.phase == "recon":
+        clips = train.sample(torch.Generator().manual_seed(1), cfg.stats_clips, cfg.clip_frames, cfg.height, cfg.width)
+        vae.set_latent_stats(*latent_stats(vae.eval(), clips))
+    save_vae(cfg.out, vae.eval(), extra_meta={f"train_{cfg.phase}": summary})
+    try:
+        summary.update(evaluate_split(vae, cfg))
+        save_vae(cfg.out, vae.eval(), extra_meta={f"train_{cfg.phase}": summary})
+        logger.log(step, {f"val/{k}": v for k, v in summary.items() if k.startswith("psnr")})
+    except FileNotFoundError as e:  # data still being collected: evaluate later with phase=eval
+        print(f"warning: no held-out evaluation ({e}); run `python -m train.vae phase=eval` later")
+    logger.close()
+    (run / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+def evaluate_split(vae: CausalVAE, cfg: TrainVAEConfig) -> dict[str, Any]:
+    """Held-out PSNR (full and light decoder) on the 'val' split's fixed clips."""
+    val = FrameClips(cfg.val_root or cfg.data_root, "val", cfg.height, cfg.width)
+    clips = val.fixed_clips(cfg.eval_clips, cfg.eval_frames)
+    return {"val_maps": val.maps, "val_clips": len(clips), "val_frames": clips.shape[0] * clips.shape[1],
+            **evaluate(vae, clips)}
+
+
+def eval_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
+    """`phase=eval`: held-out PSNR of the VAE at `init`."""
+    torch.set_num_threads(cfg.threads)
+    out = {"checkpoint": cfg.init, **evaluate_split(load_vae(cfg.init), cfg)}
+    print(json.dumps(out, indent=1))
+    return out
+
+
+def main() -> None:
+    """Hydra entry point (config: train/conf/vae.yaml)."""
+    import hydra
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    ConfigStore.instance().store(name="vae_schema", node=TrainVAEConfig)
+
+    @hydra.main(config_path="conf", config_name="vae", version_base="1.3")
+    def _run(conf) -> None:
+        train_vae(OmegaConf.to_object(conf))
+
+    _run()
+
+
+if __name__ == "__main__":
+    main()
