@@ -1,0 +1,74 @@
+"""Ship a trained world: `python -m train.bundle --world W --eval eval.json [--out PATH] [--card-md PATH]`.
+
+Writes the world file with a model card in its metadata (training data, configs, commands,
+metrics) and stored in half precision to keep the repository small, and renders the same
+card as Markdown. The default output is the bundled world that `World-v0` and the viewer
+load when no checkpoint is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worldmodel.config import config_to_dict
+from worldmodel.world import BUNDLED, World
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The model card as Markdown."""
+    lines = ["# Model card: the bundled world", ""]
+    for key, value in card.items():
+        if isinstance(value, dict):
+            lines += [f"## {key}", "", "```json", json.dumps(value, indent=1), "```", ""]
+        elif isinstance(value, list):
+            lines += [f"## {key}", ""] + [f"- {v}" for v in value] + [""]
+        else:
+            lines += [f"- **{key}**: {value}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", required=True, help="world file exported by the adversarial stage")
+    p.add_argument("--eval", default=None, help="JSON written by python -m train.eval on this world")
+    p.add_argument("--card", default=None, help="JSON file with extra card fields (training commands, data size, wall times)")
+    p.add_argument("--out", default=str(BUNDLED), help=f"where to write the shipped world (default {BUNDLED})")
+    p.add_argument("--card-md", default="docs/MODEL_CARD.md", help="Markdown rendering of the card")
+    p.add_argument("--fp32", action="store_true", help="keep float32 weights (default: float16 on disk)")
+    args = p.parse_args(argv)
+
+    world = World.load(args.world)
+    card = dict(world.meta.card)
+    card.update({
+        "source": "doom", "wad": "freedoom2", "map": "MAP25", "resolution": "256x192", "fps": 35,
+        "image_hw": list(world.meta.image_hw),
+        "dit_config": config_to_dict(world.cfg),
+        "vae_config": dataclasses.asdict(world.vae.cfg),
+        "dit_parameters": sum(p.numel() for p in world.dit.parameters()),
+        "vae_parameters": sum(p.numel() for p in world.vae.parameters()),
+    })
+    if args.card:
+        card.update(json.loads(Path(args.card).read_text()))
+    if args.eval:
+        card["metrics"] = json.loads(Path(args.eval).read_text()).get("summary", {})
+    world.meta.card = card
+    if not args.fp32:  # weights only: float16 halves the file; loading casts back to float32
+        world.dit.half()
+        world.vae.half()
+    world.save(args.out)
+    World.load(args.out)  # fail here, not in a user's hands, if the file does not round-trip
+    Path(args.card_md).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.card_md).write_text(card_markdown(card))
+    size = Path(args.out).stat().st_size / 2**20
+    print(f"wrote {args.out} ({size:.1f} MiB) and {args.card_md}")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
