@@ -33,6 +33,25 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def eval_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a `python -m train.eval` JSON, per method."""
+    out: dict[str, Any] = {}
+    for name, m in results.get("methods", {}).items():
+        cam = m.get("camera", {})
+        out[name] = {
+            "teacher_forced_psnr": m["teacher_forced"]["psnr"], "teacher_forced_ssim": m["teacher_forced"]["ssim"],
+            "autoregressive_psnr": m["autoregressive"]["psnr"], "autoregressive_ssim": m["autoregressive"]["ssim"],
+            "rot_err_deg": cam.get("rot_err_deg"), "trans_dir_err_deg": cam.get("trans_dir_err_deg"),
+            "pose_success_share": cam.get("success_share"),
+        }
+    out["vae_reconstruction"] = results.get("vae_reconstruction")
+    out["long_run_collapsed"] = results.get("long_run", {}).get("collapsed")
+    out["long_run_frames"] = results.get("long_run", {}).get("frames")
+    cfg = results.get("config", {})
+    out["eval_setting"] = {k: cfg.get(k) for k in ("trajectories", "horizon", "long_steps", "long_trajectories")}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", required=True, help="world file exported by the adversarial stage")
@@ -56,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.card:
         card.update(json.loads(Path(args.card).read_text()))
     if args.eval:
-        card["metrics"] = json.loads(Path(args.eval).read_text()).get("summary", {})
+        card["metrics"] = eval_summary(json.loads(Path(args.eval).read_text()))
     world.meta.card = card
     if not args.fp32:  # weights only: float16 halves the file; loading casts back to float32
         world.dit.half()
