@@ -236,3 +236,11 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path)
     assert step == 2
     for k, v in weights(fresh).items():
         assert torch.equal(v, good[k])
+
+
+def test_action_bounds_of_unmoved_components_get_a_sliver_of_range():
+    """Doom never pitches or rolls: those bounds must still satisfy low < high, and stay tiny."""
+    from train.stages.adversarial import MIN_HALF_WIDTH, widen_bounds
+
+    low, high = widen_bounds([-9.0, 0.0, -0.5], [9.0, 0.0, 26.0])
+    assert low == [-9.0, -MIN_HALF_WIDTH, -0.5] and high == [9.0, MIN_HALF_WIDTH, 26.0]

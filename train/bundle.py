@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from train.stages.adversarial import widen_bounds
 from worldmodel.config import config_to_dict
 from worldmodel.world import BUNDLED, World
 
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval:
         card["metrics"] = eval_summary(json.loads(Path(args.eval).read_text()))
     world.meta.card = card
+    world.meta.action_low, world.meta.action_high = widen_bounds(world.meta.action_low, world.meta.action_high)
     if not args.fp32:  # weights only: float16 halves the file; loading casts back to float32
         world.dit.half()
         world.vae.half()

@@ -36,6 +36,18 @@ from worldmodel.dit import WorldDiT
 from worldmodel.world import World, WorldMeta
 
 
+MIN_HALF_WIDTH = 1e-3
+"""Smallest half-width of an action bound (scene units or radians)."""
+
+
+def widen_bounds(low: np.ndarray, high: np.ndarray) -> tuple[list[float], list[float]]:
+    """Make every (low, high) pair at least 2 * MIN_HALF_WIDTH wide, centred where it was degenerate."""
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    mid = (low + high) / 2
+    narrow = high - low < 2 * MIN_HALF_WIDTH
+    return np.where(narrow, mid - MIN_HALF_WIDTH, low).tolist(), np.where(narrow, mid + MIN_HALF_WIDTH, high).tolist()
+
+
 class AdversarialStage(Stage):
     """Adversarial post-training (student forcing by default)."""
 
@@ -166,12 +178,16 @@ class AdversarialStage(Stage):
     # ---- export -------------------------------------------------------------------------------
 
     def action_bounds(self) -> tuple[list[float], list[float]]:
-        """1st / 99th percentile of every action component over the training shards."""
+        """1st / 99th percentile of every action component over the training shards.
+
+        A component the data never moves (Doom: pitch and roll) gets a sliver of range,
+        MIN_HALF_WIDTH around its value: the env needs low < high, and the sliver says
+        "not trained on" without letting agents command large unseen motions."""
         ds = self.stream.dataset(0)
         acts = [poses_to_actions(read_shard_poses(Path(ds.cfg.root) / s.path)["c2w"], self.model_cfg.frames_per_step)
                 for s in ds.shards]
         a = np.concatenate(acts)
-        return np.percentile(a, 1, axis=0).tolist(), np.percentile(a, 99, axis=0).tolist()
+        return widen_bounds(np.percentile(a, 1, axis=0), np.percentile(a, 99, axis=0))
 
     def start_frames(self, hw: tuple[int, int]) -> np.ndarray:
         """First frames (uint8 (S, H, W, 3)) of validation shards (training shards if there is no validation split)."""
