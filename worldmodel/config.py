@@ -93,10 +93,11 @@ _SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def from_registry(cls: type, sizes: dict[str, dict[str, Any]], name: str, overrides: dict[str, Any]) -> Any:
+def from_registry(cls: type, sizes: dict[str, dict[str, Any]], name: str, overrides: dict[str, Any],
+                  kind: str = "model") -> Any:
     """Build config `cls` from a named size plus field overrides; unknown names or fields are errors."""
     if name not in sizes:
-        raise KeyError(f"unknown {cls.__name__} size {name!r}; known: {sorted(sizes)}")
+        raise KeyError(f"unknown {kind} size {name!r}; known: {sorted(sizes)}")
     fields = {f.name for f in dataclasses.fields(cls)}
     bad = set(overrides) - fields
     if bad:

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from worldmodel.config import from_registry
+
 # ----------------------------------------------------------------------------- config
 
 
@@ -110,13 +112,7 @@ _SIZES: dict[str, dict[str, Any]] = {
 
 def vae_config(name: str, **overrides: Any) -> VAEConfig:
     """A fresh VAE config from the registry ('tiny', 'paper'), with field overrides."""
-    if name not in _SIZES:
-        raise KeyError(f"unknown VAE size {name!r}; known: {sorted(_SIZES)}")
-    fields = {f.name for f in dataclasses.fields(VAEConfig)}
-    bad = set(overrides) - fields
-    if bad:
-        raise KeyError(f"unknown VAEConfig field(s) {sorted(bad)}; known: {sorted(fields)}")
-    return VAEConfig(name=name, **{**_SIZES[name], **overrides})
+    return from_registry(VAEConfig, _SIZES, name, overrides, kind="VAE")
 
 
 def vae_sizes() -> list[str]:
