@@ -117,6 +117,26 @@ def scenario_cp(world: int, ctx_dim: int, zero: int = 3) -> tuple[float, float, 
     return out_err, max_rel_err(full_params(model), reference_step(ctx_dim)), share
 
 
+def scenario_cp_stream(world: int, ctx_dim: int) -> tuple[float, float]:
+    """Context parallelism in the KV-cache path: frame-by-frame `forward_step` vs one process.
+
+    Also returns the share of the heads this rank's cache holds (1/world when CP is live)."""
+    model = make_model(context_dim=ctx_dim)  # window 1: frame 3 already needs the re-rotated sink
+    ref_model = copy.deepcopy(model)
+    parallelize(model, ParallelConfig(dp_shard=1, cp=world, zero=2), build_mesh(dp_shard=1, cp=world, device_type="cpu"))
+    noisy, rec, cam, t, _, ctx = batch(ctx_dim=ctx_dim)
+    outs, caches = [], []
+    with torch.no_grad():
+        for m in (model, ref_model):
+            cache = m.new_cache(B, (H, W), context_tokens=0 if ctx is None else ctx.shape[1])
+            caches.append(cache)
+            if ctx is not None:
+                m.prefill_context(cache, ctx)
+            outs.append(torch.stack([m.forward_step(noisy[:, i], rec[:, i], cam[:, i], t[:, i], cache) for i in range(FR)], 1))
+    reshard(model)
+    return ((outs[0] - outs[1]).norm() / outs[1].norm()).item(), caches[0].k.shape[2] / caches[1].k.shape[2]
+
+
 def scenario_ulysses(heads: int) -> tuple[float, float]:
     """Ulysses all-to-all around block-causal attention vs local attention: output and input gradients."""
     group = torch.distributed.new_group(list(range(torch.distributed.get_world_size())))
@@ -189,6 +209,8 @@ def main(out: Path) -> None:
         res["fsdp_zero3_ac"] = scenario_fsdp(rank, world, zero=3, ac=True)
         res["cp_output"], res["cp_step"], res["cp_token_share"] = scenario_cp(world, ctx_dim=0)
         res["cp_ctx_output"], res["cp_ctx_step"], res["cp_ctx_token_share"] = scenario_cp(world, ctx_dim=8, zero=2)
+        res["cp_stream"], res["cp_stream_head_share"] = scenario_cp_stream(world, ctx_dim=0)
+        res["cp_stream_ctx"], res["cp_stream_ctx_head_share"] = scenario_cp_stream(world, ctx_dim=8)
         if (out / "ckpt_1proc").exists():
             res.update(scenario_checkpoints(out, world))
     finally:

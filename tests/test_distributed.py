@@ -75,6 +75,13 @@ def job(tmp_path_factory):
     return out, results[0]
 
 
+@pytest.mark.parametrize("key", ["cp_stream", "cp_stream_ctx"])
+def test_context_parallel_kv_cache_stream_equals_single_process(job, key):
+    """Ulysses around the cached attention: streaming frame by frame with CP 2 equals one process."""
+    assert job[1][f"{key}_head_share"] == 1 / WORLD, "each rank's KV cache must hold only its own heads"
+    assert job[1][key] <= TOL
+
+
 @pytest.mark.parametrize("scenario", ["fsdp_zero3", "fsdp_zero2", "fsdp_zero2_eval_first", "fsdp_zero3_ac"])
 def test_fsdp_step_equals_single_process_step(job, scenario):
     """2 data-parallel ranks x 1 sample each, one AdamW step: weights equal the 2-sample single-process step.

@@ -158,12 +158,16 @@ class MMDiTBlock(nn.Module):
         B, N, D = x.shape
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(temb).chunk(6, dim=-1)  # each (B, 1, D)
         h = modulate(self.norm1(x)[:, None], sh1, sc1)[:, 0]
-        q, k, v = self.attn.qkv_heads(h)  # (B, H, N, d)
+        q, k, v = self.attn.qkv_heads(h)  # (B, H, N, d); (B, H, N/cp, d) under context parallelism
+        if self.cp is not None:  # Ulysses: token shards -> head shards; the cache holds this rank's heads
+            q, k, v = self.cp.seq_to_heads(torch.cat([q, k, v])).chunk(3)  # (B, h_r, N, d)
         cos_q, sin_q, cos_sp, sin_sp = *rope_q, *rope_sink[:2]
         cache.write(layer, apply_rotary(k, cos_q, sin_q), v)
         cache.write_sink(layer, apply_rotary(k, cos_sp, sin_sp), *rope_sink[2:], rotate=apply_rotary)
         keys, values = cache.keys_values(layer)
         o = cached_attention(apply_rotary(q, cos_q, sin_q).to(keys.dtype), keys, values, cache.plan["valid"])
+        if self.cp is not None:
+            o = self.cp.heads_to_seq(o)  # (B, H, N/cp, d)
         x = x + g1 * self.attn.out(rearrange(o, "b h l d -> b l (h d)").to(x.dtype))
         return x + g2 * self.mlp(modulate(self.norm2(x)[:, None], sh2, sc2)[:, 0])
 
@@ -342,7 +346,8 @@ class WorldDiT(nn.Module):
         grid = self.token_grid(latent_hw)
         ref = next(self.parameters())
         return KVCache(
-            self.cfg.depth, batch, self.cfg.heads, self.cfg.head_dim, grid[0] * grid[1],
+            self.cfg.depth, batch, self.cfg.heads if self.cp is None else self.cp.local_heads, self.cfg.head_dim,
+            grid[0] * grid[1],
             self.cfg.window if window is None else window, context_tokens,
             device=device or ref.device, dtype=dtype or ref.dtype,
         )
@@ -355,7 +360,7 @@ class WorldDiT(nn.Module):
             raise ValueError(f"context has {c.shape[1]} tokens, the cache was made for {cache.C}")
         for i, blk in enumerate(self.blocks):
             q, k, v = blk.context_qkv(c)
-            cache.set_context(i, k, v)
+            cache.set_context(i, *(z if self.cp is None else self.cp.head_slice(z) for z in (k, v)))
             c = blk.context_out(c, F.scaled_dot_product_attention(q, k, v))
 
     def forward_step(
@@ -370,6 +375,8 @@ class WorldDiT(nn.Module):
         B = noisy.shape[0]
         grid = self.token_grid(noisy.shape[-2:])
         x = self._embed(noisy[:, None], recycled[:, None], camera[:, None])[:, 0]  # (B, N, D)
+        if self.cp is not None:  # context parallelism: this rank keeps a contiguous share of the tokens
+            x = self.cp.shard(x, 1)  # (B, N/cp, D)
         temb = self.t_embed(self._frame_t(t, B, 1, x.device))  # (B, 1, D)
         plan = cache.prepare()
         sp = self.rope.spatial_angles(grid, x.device)  # (N, P)
@@ -382,6 +389,8 @@ class WorldDiT(nn.Module):
         if advance:
             cache.advance()
         x = x[:, None]  # (B, 1, N, D)
+        if self.cp is not None:
+            x = self.cp.gather(x, 2)  # every rank gets the whole frame back
         if self.logit_head is not None:
             return self.logit_head(x)[:, 0]
         return self._unpatchify(self.final(x, temb), grid)[:, 0]
