@@ -85,8 +85,8 @@ def write_shard(
         raise
 
 
-def read_shard(path: str | Path) -> dict[str, Any]:
-    """Load and validate one shard; raises ShardError naming the file and the problem."""
+def _load(path: str | Path, keys: tuple[str, ...]) -> tuple[Path, dict[str, Any]]:
+    """Open a shard without pickle, check it has every key, return `keys`; ShardError names the file."""
     path = Path(path)
     if not path.exists():
         raise ShardError(f"shard {path} does not exist")
@@ -95,11 +95,16 @@ def read_shard(path: str | Path) -> dict[str, Any]:
             missing = [k for k in SHARD_KEYS if k not in z.files]
             if missing:
                 raise ShardError(f"shard {path} lacks keys {missing}; expected {list(SHARD_KEYS)}")
-            out = {k: z[k] for k in SHARD_KEYS}
+            return path, {k: z[k] for k in keys}
     except ShardError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
         raise ShardError(f"shard {path} is corrupt or truncated ({type(e).__name__}: {e})") from e
+
+
+def read_shard(path: str | Path) -> dict[str, Any]:
+    """Load and validate one shard; raises ShardError naming the file and the problem."""
+    path, out = _load(path, SHARD_KEYS)
     out["wad"], out["map"], out["seed"] = str(out["wad"]), str(out["map"]), int(out["seed"])
     _check(path, out["frames"], out["c2w"], out["intrinsics"])
     return out
@@ -107,20 +112,7 @@ def read_shard(path: str | Path) -> dict[str, Any]:
 
 def read_shard_poses(path: str | Path) -> dict[str, Any]:
     """Load only c2w, intrinsics, map and seed (no frame decompression); ShardError on a bad file."""
-    path = Path(path)
-    if not path.exists():
-        raise ShardError(f"shard {path} does not exist")
-    keys = ("c2w", "intrinsics", "map", "seed")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in SHARD_KEYS if k not in z.files]
-            if missing:
-                raise ShardError(f"shard {path} lacks keys {missing}; expected {list(SHARD_KEYS)}")
-            out = {k: z[k] for k in keys}
-    except ShardError:
-        raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
-        raise ShardError(f"shard {path} is corrupt or truncated ({type(e).__name__}: {e})") from e
+    path, out = _load(path, ("c2w", "intrinsics", "map", "seed"))
     out["map"], out["seed"] = str(out["map"]), int(out["seed"])
     c2w, k = np.asarray(out["c2w"], dtype=np.float64), np.asarray(out["intrinsics"], dtype=np.float64)
     if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or not np.isfinite(c2w).all():
