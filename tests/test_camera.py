@@ -87,14 +87,15 @@ def test_action_maps_match_pose_maps_of_the_integrated_trajectory():
     )
 
 
-def test_normalisation_gives_unit_std_on_the_data_it_was_measured_on():
+@pytest.mark.parametrize("reference", ["none", "rest"])
+def test_normalisation_gives_unit_std_on_the_data_it_was_measured_on(reference):
     rng = np.random.default_rng(5)
     maps = np.stack([
         cam.action_camera_maps(np.r_[rng.normal(size=3) * 3, rng.uniform(-0.3, 0.3, 3)], K, IMG, GRID, 4)
         for _ in range(32)
     ])
-    stats = cam.camera_stats(maps)
-    z = cam.normalize_camera(maps, stats).reshape(32, 4, 6, -1)
+    stats = cam.camera_stats(maps, reference=reference, intrinsics=K, image_hw=IMG)
+    z = cam.normalize_camera(maps, stats, K, IMG).reshape(32, 4, 6, -1)
     np.testing.assert_allclose(z.transpose(2, 0, 1, 3).reshape(6, -1).std(1), 1.0, atol=1e-3)
     with pytest.raises(ValueError, match="std"):
         CameraStats(mean=[0] * 6, std=[0] * 6)
@@ -105,3 +106,31 @@ def test_normalisation_gives_unit_std_on_the_data_it_was_measured_on():
 def test_bad_actions_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         cam.action_camera_maps(bad, K, IMG, GRID, 4)
+
+
+def _yaw_maps(deg: float) -> np.ndarray:
+    return cam.action_camera_maps(np.r_[0.0, 0.0, 1.0, 0.0, np.radians(deg), 0.0], K, IMG, GRID, 4)
+
+
+@pytest.mark.parametrize("reference,least", [("none", 0.0), ("rest", 1.0)])
+def test_rest_reference_lifts_small_turns_to_unit_scale(reference, least):
+    """Turns of about a degree per frame (ViZDoom's explorer) must not drown in the field-of-view pattern."""
+    rng = np.random.default_rng(0)
+    data = np.stack([_yaw_maps(d) for d in rng.normal(0, 4, 64)])  # ~1 degree per video frame
+    stats = cam.camera_stats(data, reference=reference, intrinsics=K, image_hw=IMG)
+    left, right = (cam.normalize_camera(_yaw_maps(d), stats, K, IMG) for d in (-4.0, 4.0))
+    gap = np.abs(left - right).reshape(4, 6, -1)[:, 3:].max()  # direction channels
+    if reference == "none":
+        assert gap < 0.5  # the raw directions leave a 4-degree turn a small fraction of one std
+    else:
+        assert gap > least
+
+
+def test_rest_reference_needs_intrinsics_and_floors_unseen_axes():
+    maps = np.stack([_yaw_maps(d) for d in np.linspace(-3, 3, 8)])
+    stats = cam.camera_stats(maps, reference="rest", intrinsics=K, image_hw=IMG)
+    assert stats.reference == "rest" and stats.std[4] >= 1e-2  # no pitch in the data: floored, not ~0
+    with pytest.raises(ValueError, match="intrinsics"):
+        cam.normalize_camera(maps, stats)
+    with pytest.raises(ValueError, match="reference"):
+        CameraStats(reference="moment")

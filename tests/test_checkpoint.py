@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from worldmodel.checkpoint import CheckpointError, load_world_model, save_checkpoint, save_world_model
-from worldmodel.config import CameraStats, model_config
+from worldmodel.config import CameraStats, config_to_dict, model_config
 from worldmodel.dit import WorldDiT
 
 
@@ -88,3 +88,15 @@ def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
         save_world_model(path, m, m.cfg)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]  # no temp file left behind
+
+
+def test_camera_normalisation_reference_round_trips_and_old_files_mean_raw_rays(tmp_path):
+    """A world trained on rest-referenced camera maps must be driven with them after loading; files
+    written before the field existed hold mean/std only and were trained on raw ray directions."""
+    m = model()
+    save_world_model(tmp_path / "new.safetensors", m, m.cfg, CameraStats(reference="rest"))
+    assert load_world_model(tmp_path / "new.safetensors")[2].reference == "rest"
+    tensors = {f"dit.{k}": v for k, v in m.state_dict().items()}
+    save_checkpoint(tmp_path / "old.safetensors", tensors,
+                    {"dit_config": config_to_dict(m.cfg), "camera_stats": {"mean": [0.0] * 6, "std": [1.0] * 6}})
+    assert load_world_model(tmp_path / "old.safetensors")[2].reference == "none"

@@ -79,8 +79,11 @@ def test_camera_stats_saved_once_and_normalise_to_unit_scale(tmp_path):
     cams = torch.cat([ds[(i, s, 2, 0)]["camera"].reshape(2, 4, 6, -1) for i, s in ds.windows[2]])
     x = cams.permute(2, 0, 1, 3).reshape(6, -1)
     assert x.mean(1).abs().max() < 0.5 and torch.isfinite(x).all()
-    moving = torch.tensor([True, False, True, True, True, True])  # the synthetic walk never moves in y (height)
-    assert ((x.std(1)[moving] - 1).abs() < 0.5).all() and x[1].abs().max() == 0
+    # Channels the synthetic walk moves (x, z; yaw turns the rays sideways) reach unit scale; the
+    # height and the ray's vertical part never change and the depth part barely: their std is floored.
+    assert st.reference == "rest"
+    moving = torch.tensor([True, False, True, True, False, False])
+    assert ((x.std(1)[moving] - 1).abs() < 0.5).all() and x[1].abs().max() == 0 and (x.std(1) < 1.5).all()
 
 
 def test_batches_share_duration_and_resolution(tmp_path):

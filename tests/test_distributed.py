@@ -34,8 +34,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(out: Path, world: int = WORLD, timeout: float = 240.0) -> list[dict[str, float]]:
-    """Run tests/dist_worker.py as `world` ranks; return each rank's results."""
+def launch(out: Path, world: int = WORLD, timeout: float = 240.0, script: str = "dist_worker.py",
+           args: tuple[str, ...] = ()) -> list[dict[str, float]]:
+    """Run tests/<script> as `world` ranks (argv: out, *args); return each rank's result_<rank>.json."""
     port = free_port()
     procs = []
     for rank in range(world):
@@ -43,7 +44,7 @@ def launch(out: Path, world: int = WORLD, timeout: float = 240.0) -> list[dict[s
                "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
         log = open(out / f"log_{rank}.txt", "w")
-        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / "dist_worker.py"), str(out)],
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / script), str(out), *args],
                                       env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
     try:
         codes = [p.wait(timeout=timeout) for p in procs]

@@ -166,7 +166,11 @@ def _walk(rng, n):
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     """Shards of smooth frames and walks (2 train, 1 val) plus a random-weight tiny VAE."""
-    root = tmp_path_factory.mktemp("data")
+    return make_tiny_root(tmp_path_factory.mktemp("data"))
+
+
+def make_tiny_root(root):
+    """Write the `tiny_root` data (also used by the torchrun stage tests) under `root`."""
     rng, rows = np.random.default_rng(0), []
     for split, n in (("train", 2), ("val", 1)):
         for i in range(n):
@@ -194,9 +198,11 @@ def weights(stage):
     return {f"{n}.{k}": v.clone() for n, m in stage.models.items() for k, v in m.state_dict().items()}
 
 
-def _adversarial_inits(tmp):
-    m = WorldDiT(model_config("tiny", window=4, **SMALL))
-    save_world_model(tmp / "init.safetensors", m, m.cfg)
+def adversarial_inits(tmp, write: bool = True):
+    """Stage kwargs starting generator and discriminator from tmp/init.safetensors (written unless write=False)."""
+    if write:
+        m = WorldDiT(model_config("tiny", window=4, **SMALL))
+        save_world_model(tmp / "init.safetensors", m, m.cfg)
     adv = StageConf().adversarial
     return dict(init=str(tmp / "init.safetensors"),
                 adversarial=dataclasses.replace(adv, disc_init=str(tmp / "init.safetensors"), extensions=1, overlap=1))
@@ -206,7 +212,7 @@ def _adversarial_inits(tmp):
 def test_n_steps_equal_half_then_resume_half(tiny_root, tmp_path, name):
     """Training 4 steps == 2 steps, a fresh process object resuming from the state file, 2 more
     (weights bit-identical; crosses a curriculum phase change and, for adversarial, long-video extension)."""
-    kw = _adversarial_inits(tmp_path) if name == "adversarial" else {}
+    kw = adversarial_inits(tmp_path) if name == "adversarial" else {}
     full = build_stage(stage_config(tiny_root, tmp_path / "a", name, **kw))
     full.run()
     half = build_stage(dataclasses.replace(stage_config(tiny_root, tmp_path / "b", name, **kw), stop_after=2))

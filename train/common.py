@@ -132,18 +132,24 @@ def previous_path(path: str | Path) -> Path:
 def save_training_state(
     path: str | Path,
     step: int,
-    models: Mapping[str, nn.Module],
-    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    models: Mapping[str, nn.Module | Mapping[str, Tensor]],
+    optimizers: Mapping[str, torch.optim.Optimizer | Mapping[str, Any]] | None = None,
     generators: Mapping[str, torch.Generator] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> None:
-    """Atomically write models, optimizers, step, RNG states and JSON `extra`; keep the previous file."""
+    """Atomically write models, optimizers, step, RNG states and JSON `extra`; keep the previous file.
+
+    Models and optimizers may be given as objects or as their (full) state dicts, which is how
+    a sharded job hands over what its ranks gathered (train/sharded_state.py).
+    """
     path = Path(path)
     tensors: dict[str, Tensor] = {}
     for name, m in models.items():
-        tensors.update({f"model.{name}.{k}": v for k, v in m.state_dict().items()})
+        sd = m.state_dict() if isinstance(m, nn.Module) else m
+        tensors.update({f"model.{name}.{k}": v for k, v in sd.items()})
+    optim_states = {n: o.state_dict() if isinstance(o, torch.optim.Optimizer) else o for n, o in (optimizers or {}).items()}
     skeleton = {
-        "optimizers": {n: flatten_state(o.state_dict(), f"optim.{n}", tensors) for n, o in (optimizers or {}).items()},
+        "optimizers": {n: flatten_state(o, f"optim.{n}", tensors) for n, o in optim_states.items()},
         "rng": flatten_state(rng_state(generators), "rng", tensors),
     }
     meta = {"kind": STATE_FORMAT, "step": int(step), "models": sorted(models), "skeleton": skeleton,
@@ -181,6 +187,36 @@ def load_training_state(
     CheckpointError naming both files if neither loads.
     """
     path = Path(path)
+    tensors, meta = read_training_state(path)
+    missing = sorted(set(models) - set(meta["models"]))
+    if missing:
+        raise CheckpointError(f"training state {path} has no model(s) {missing}; it has {meta['models']}")
+    for name, m in models.items():
+        load_state_strict(m, state_model(tensors, name), path)
+    for name, opt in (optimizers or {}).items():
+        opt.load_state_dict(state_optimizer(tensors, meta, name, path))
+    if restore_rng:
+        set_rng_state(unflatten_state(meta["skeleton"]["rng"], tensors), generators)
+    return int(meta["step"]), meta["extra"]
+
+
+def state_model(tensors: Mapping[str, Tensor], name: str) -> dict[str, Tensor]:
+    """The state dict of model `name` inside a training state's tensors."""
+    p = f"model.{name}."
+    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def state_optimizer(tensors: Mapping[str, Tensor], meta: Mapping[str, Any], name: str, path: str | Path) -> Any:
+    """The state dict of optimizer `name` inside a training state."""
+    skel = meta["skeleton"]["optimizers"]
+    if name not in skel:
+        raise CheckpointError(f"training state {path} has no optimizer {name!r}; it has {sorted(skel)}")
+    return unflatten_state(skel[name], tensors)
+
+
+def read_training_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(tensors, meta) of a training state, falling back to the previous good file."""
+    path = Path(path)
     try:
         tensors, meta = _read_state(path)
     except CheckpointError as first:
@@ -192,20 +228,7 @@ def load_training_state(
         except CheckpointError as second:
             raise CheckpointError(f"neither {path} ({first}) nor {prev} ({second}) is a readable training state") from second
         print(f"warning: {path} unreadable ({first}); resuming from the previous state {prev}")
-    missing = sorted(set(models) - set(meta["models"]))
-    if missing:
-        raise CheckpointError(f"training state {path} has no model(s) {missing}; it has {meta['models']}")
-    for name, m in models.items():
-        p = f"model.{name}."
-        load_state_strict(m, {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}, path)
-    skel = meta["skeleton"]
-    for name, opt in (optimizers or {}).items():
-        if name not in skel["optimizers"]:
-            raise CheckpointError(f"training state {path} has no optimizer {name!r}; it has {sorted(skel['optimizers'])}")
-        opt.load_state_dict(unflatten_state(skel["optimizers"][name], tensors))
-    if restore_rng:
-        set_rng_state(unflatten_state(skel["rng"], tensors), generators)
-    return int(meta["step"]), meta["extra"]
+    return tensors, meta
 
 
 # ----------------------------------------------------------------------------- metrics, guard, progress

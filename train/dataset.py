@@ -63,6 +63,9 @@ class DatasetConfig:
     """Log and skip corrupt or truncated shards instead of raising."""
     cache_shards: int = 2
     """Decoded shards kept per loader worker (neighbouring windows share a shard)."""
+    camera_reference: str = "rest"
+    """Camera normalisation when statistics are measured: 'rest' (directions minus each pixel's ray at
+    rest, the default) or 'none' (raw directions, the layout of worlds trained before 'rest' existed)."""
 
 
 def stats_path(root: str | Path) -> Path:
@@ -73,11 +76,11 @@ def stats_path(root: str | Path) -> Path:
 def load_camera_stats(root: str | Path) -> CameraStats:
     """CameraStats saved by `compute_camera_stats`."""
     d = json.loads(stats_path(root).read_text())
-    return CameraStats(mean=d["mean"], std=d["std"])
+    return CameraStats(mean=d["mean"], std=d["std"], reference=d.get("reference", "none"))
 
 
-def camera_stats_for(root: str | Path, save: bool = True) -> CameraStats:
-    """Saved stats if they were measured on the current training split, else measure (and save) them.
+def camera_stats_for(root: str | Path, save: bool = True, reference: str = "rest") -> CameraStats:
+    """Saved stats if they were measured on the current training split with `reference`, else measure them.
 
     A root that grew since the stats were taken (a collection still running or extended) is measured
     again, so the model never stores statistics of a different split.
@@ -85,10 +88,11 @@ def camera_stats_for(root: str | Path, save: bool = True) -> CameraStats:
     p = stats_path(root)
     if p.exists():
         d = json.loads(p.read_text())
-        if d.get("manifest_frames") == sum(r.frames for r in read_manifest(root, "train")):
-            return CameraStats(mean=d["mean"], std=d["std"])
-        log.warning("%s is stale (training split changed); measuring again", p)
-    return compute_camera_stats(root, save=save)
+        fresh = d.get("manifest_frames") == sum(r.frames for r in read_manifest(root, "train"))
+        if fresh and d.get("reference", "none") == reference:
+            return load_camera_stats(root)
+        log.warning("%s is stale (training split or camera reference changed); measuring again", p)
+    return compute_camera_stats(root, save=save, reference=reference)
 
 
 def frame_motions(c2w: np.ndarray) -> np.ndarray:
@@ -102,6 +106,7 @@ def compute_camera_stats(
     grid_hw: tuple[int, int] | None = None,
     save: bool = True,
     skip_bad_shards: bool = True,
+    reference: str = "rest",
 ) -> CameraStats:
     """Per-channel mean/std of relative Plücker maps over a split's frames; saved to <root>/camera_stats.json.
 
@@ -133,7 +138,7 @@ def compute_camera_stats(
     grid = tuple(grid_hw) if grid_hw else (h // LATENT_STRIDE, w // LATENT_STRIDE)
     # All shards of a root share one resolution and intrinsics (one collect config); one call suffices.
     maps = plucker_maps(m[keep], k[0], (h, w), grid)  # (N, 6, gh, gw)
-    stats = camera_stats(maps)
+    stats = camera_stats(maps, reference=reference, intrinsics=k[0], image_hw=(h, w))
     if save:
         p = stats_path(root)
         tmp = p.with_suffix(".json.tmp")
@@ -180,7 +185,7 @@ class ClipDataset(Dataset):
             if h % LATENT_STRIDE or w % LATENT_STRIDE:
                 raise ValueError(f"resolution {h}x{w} must be divisible by {LATENT_STRIDE} (the VAE stride)")
         if stats is None:
-            stats = camera_stats_for(cfg.root, save=self.rank == 0)
+            stats = camera_stats_for(cfg.root, save=self.rank == 0, reference=cfg.camera_reference)
         self.stats = stats
         rows = sorted(read_manifest(cfg.root, cfg.split), key=lambda r: r.path)
         if len(rows) < self.world_size:
@@ -207,10 +212,9 @@ class ClipDataset(Dataset):
             self.intrinsics[i] = s["intrinsics"]
             m = frame_motions(s["c2w"])  # (T-1, 4, 4)
             # Outlier test on the coarse grid corners and centre: enough to catch a jump.
-            maps = plucker_maps(m, s["intrinsics"], (r.height, r.width), (3, 3))  # (T-1, 6, 3, 3)
-            mean = np.asarray(self.stats.mean, dtype=np.float32)[:, None, None]
-            std = np.asarray(self.stats.std, dtype=np.float32)[:, None, None]
-            bad = (np.abs((maps - mean) / std) > cfg.outlier_z).reshape(len(m), -1).any(1)
+            hw = (r.height, r.width)
+            z = normalize_camera(plucker_maps(m, s["intrinsics"], hw, (3, 3)), self.stats, s["intrinsics"], hw)
+            bad = (np.abs(z) > cfg.outlier_z).reshape(len(m), -1).any(1)  # z: (T-1, 6, 3, 3)
             bad_cum = np.concatenate([[0], np.cumsum(bad)])
             n = len(s["c2w"])
             for k in cfg.steps:
@@ -273,7 +277,7 @@ class ClipDataset(Dataset):
         K = scale_intrinsics(s["intrinsics"], src, hw)
         video = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (T, 3, H, W)
         grid = (hw[0] // LATENT_STRIDE, hw[1] // LATENT_STRIDE)
-        cam = normalize_camera(pose_camera_maps(c2w, K, hw, grid, fps), self.stats)  # (k, 6*fps, h, w)
+        cam = normalize_camera(pose_camera_maps(c2w, K, hw, grid, fps), self.stats, K, hw)  # (k, 6*fps, h, w)
         return {
             "video": video,
             "c2w": torch.from_numpy(np.ascontiguousarray(c2w)),

@@ -209,17 +209,54 @@ def pose_camera_maps(
     return maps.reshape(n // frames_per_step, frames_per_step * 6, *grid_hw)
 
 
-def normalize_camera(maps: np.ndarray, stats: CameraStats) -> np.ndarray:
-    """Scale camera channels (..., 6*k, h, w) to about unit std with stored per-channel stats."""
-    mean = np.asarray(stats.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(stats.std, dtype=np.float32)[:, None, None]
-    shape = maps.shape
-    x = maps.reshape(*shape[:-3], -1, 6, *shape[-2:])
-    return ((x - mean) / std).reshape(shape).astype(np.float32)
-
-
-def camera_stats(maps: np.ndarray, min_std: float = 1e-3) -> CameraStats:
-    """Per-channel mean/std of camera maps (..., 6*k, h, w); std floored so constant channels stay finite."""
+def _from_reference(
+    maps: np.ndarray, reference: str, intrinsics: Sequence[float] | None, image_hw: tuple[int, int] | None
+) -> np.ndarray:
+    """Maps (..., 6*k, h, w) -> (..., k, 6, h, w), direction channels measured from `reference` (CameraStats)."""
     x = np.asarray(maps, dtype=np.float64)
-    x = np.moveaxis(x.reshape(*x.shape[:-3], -1, 6, *x.shape[-2:]), -3, 0).reshape(6, -1)
-    return CameraStats(mean=x.mean(1).tolist(), std=np.maximum(x.std(1), min_std).tolist())
+    x = x.reshape(*x.shape[:-3], -1, 6, *x.shape[-2:])
+    if reference == "rest":
+        if intrinsics is None or image_hw is None:
+            raise ValueError("camera stats with reference='rest' need the intrinsics and image_hw of the maps")
+        rest = np.moveaxis(ray_directions(intrinsics, image_hw, x.shape[-2:]), -1, 0)  # (3, h, w)
+        x = x.copy()
+        x[..., 3:, :, :] -= rest
+    return x
+
+
+def normalize_camera(
+    maps: np.ndarray,
+    stats: CameraStats,
+    intrinsics: Sequence[float] | None = None,
+    image_hw: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Scale camera channels (..., 6*k, h, w) to about unit std with stored per-channel stats.
+
+    Stats with reference='rest' first subtract each pixel's ray at rest, which needs the maps'
+    intrinsics and image size.
+    """
+    mean = np.asarray(stats.mean, dtype=np.float64)[:, None, None]
+    std = np.asarray(stats.std, dtype=np.float64)[:, None, None]
+    x = _from_reference(maps, stats.reference, intrinsics, image_hw)
+    return ((x - mean) / std).reshape(np.shape(maps)).astype(np.float32)
+
+
+def camera_stats(
+    maps: np.ndarray,
+    min_std: float = 1e-3,
+    reference: str = "none",
+    intrinsics: Sequence[float] | None = None,
+    image_hw: tuple[int, int] | None = None,
+) -> CameraStats:
+    """Per-channel mean/std of camera maps (..., 6*k, h, w); std floored so constant channels stay finite.
+
+    With reference='rest' the direction channels are measured from each pixel's ray at rest, and
+    their floor is at least 0.01 (about 0.6 degrees), so an axis the data never turns about
+    (pitch in ViZDoom) does not blow up to hundreds of std when a user commands it.
+    """
+    x = _from_reference(maps, reference, intrinsics, image_hw)
+    x = np.moveaxis(x, -3, 0).reshape(6, -1)
+    floor = np.full(6, min_std)
+    if reference == "rest":
+        floor[3:] = max(min_std, 1e-2)
+    return CameraStats(mean=x.mean(1).tolist(), std=np.maximum(x.std(1), floor).tolist(), reference=reference)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ def save_world_model(
     tensors.update(extra_tensors or {})
     meta = {
         "dit_config": config_to_dict(cfg),
-        "camera_stats": None if camera_stats is None else {"mean": camera_stats.mean, "std": camera_stats.std},
+        "camera_stats": None if camera_stats is None else asdict(camera_stats),
         **(extra_meta or {}),
     }
     save_checkpoint(path, tensors, meta)

@@ -131,14 +131,23 @@ def config_from_dict(d: dict[str, Any]) -> DiTConfig:
     return DiTConfig(**d)
 
 
+CAMERA_REFERENCES = ("none", "rest")
+
+
 @dataclass
 class CameraStats:
     """Per-channel mean/std of the Plücker channels (origin xyz, direction xyz) on training data."""
 
     mean: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
     std: list[float] = field(default_factory=lambda: [1.0] * 6)
+    reference: str = "none"
+    """What the direction channels are measured from before scaling. 'none': the unit ray itself.
+    'rest': the ray minus the same pixel's ray under no motion. The rest rays are a fixed field-of-view
+    pattern (std ~0.4) that dwarfs a 1-degree turn (~0.017); removing it lets a turn reach unit scale."""
 
     def __post_init__(self) -> None:
+        if self.reference not in CAMERA_REFERENCES:
+            raise ValueError(f"camera stats reference {self.reference!r} unknown; expected one of {CAMERA_REFERENCES}")
         if len(self.mean) != 6 or len(self.std) != 6:
             raise ValueError(f"camera stats need 6 means and 6 stds, got {len(self.mean)} and {len(self.std)}")
         if any(s <= 0 for s in self.std):

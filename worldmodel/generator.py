@@ -85,7 +85,8 @@ class StreamingGenerator:
             action_camera_maps(a, self.intrinsics, self.image_hw, self.latent_hw, self.cfg.frames_per_step)
             for a in actions
         ])
-        return torch.from_numpy(normalize_camera(maps, self.camera_stats)).to(self.device, self.dtype)
+        maps = normalize_camera(maps, self.camera_stats, self.intrinsics, self.image_hw)
+        return torch.from_numpy(maps).to(self.device, self.dtype)
 
     @torch.no_grad()
     def step_camera(self, camera: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:

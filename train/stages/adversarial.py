@@ -33,6 +33,7 @@ from train.shards import read_shard_poses
 from train.stages.loop import Stage
 from worldmodel.camera import poses_to_actions
 from worldmodel.dit import WorldDiT
+from worldmodel.parallel import reshard
 from worldmodel.world import World, WorldMeta
 
 
@@ -58,7 +59,7 @@ class AdversarialStage(Stage):
         if not st.init or not adv.disc_init:
             raise ValueError("stage.init (distillation weights) and stage.adversarial.disc_init (diffusion weights) "
                              "are both required")
-        self.gen = self.new_model(st.init)
+        self.gen = self.new_model(st.init, zero=self.cfg.parallel.generator_zero)
         self.disc = self.new_model(adv.disc_init, logit_head=True, allow_missing=("logit_head.",))
         self.opt_g = torch.optim.RMSprop(self.gen.parameters(), lr=st.lr, alpha=adv.rmsprop_alpha)
         self.opt_d = torch.optim.RMSprop(self.disc.parameters(), lr=adv.disc_lr, alpha=adv.rmsprop_alpha)
@@ -94,6 +95,7 @@ class AdversarialStage(Stage):
         t, noise = self.d_time_noise(real)
         with torch.no_grad():
             lr = disc_logits(self.disc, real, real_cam, t, noise)
+        reshard(self.disc)  # FSDP2: parameters gathered under no_grad must not serve the grad forward
         return generator_loss(disc_logits(self.disc, fake, fake_cam, t, noise), lr)
 
     # ---- iterations ---------------------------------------------------------------------------
@@ -207,7 +209,10 @@ class AdversarialStage(Stage):
     def finish(self, summary: dict[str, Any]) -> None:
         from worldmodel.checkpoint import save_world_model
 
-        save_world_model(self.run_dir / "discriminator.safetensors", self.disc, self.disc.cfg, self.camera_stats)
+        disc, gen = self.exportable(self.disc), self.exportable(self.gen)  # collectives when sharded
+        if not self.dist.is_main:
+            return
+        save_world_model(self.run_dir / "discriminator.safetensors", disc, disc.cfg, self.camera_stats)
         out = self.cfg.stage.adversarial.world_out
         if not out:
             return
@@ -217,5 +222,5 @@ class AdversarialStage(Stage):
         meta = WorldMeta(image_hw=hw, intrinsics=clip["intrinsics"][0].tolist(), action_low=low, action_high=high,
                          card={"stages": "diffusion -> distill -> adversarial", "adversarial_steps": self.step,
                                "data": self.cfg.data.root, "extensions": self.cfg.stage.adversarial.extensions})
-        World(self.gen.eval(), self.vae, meta, self.camera_stats, self.start_frames(hw)).save(out)
+        World(gen.eval(), self.vae, meta, self.camera_stats, self.start_frames(hw)).save(out)
         summary["world"] = out

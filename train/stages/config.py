@@ -6,8 +6,10 @@ documented here. Paper-scale values are in the docstrings where we scale them do
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from worldmodel.parallel import ParallelConfig
 
 STAGES = ("diffusion", "distill", "adversarial")
 
@@ -54,6 +56,9 @@ class DataConf:
     """Encoded clips kept in memory (clips repeat across epochs; the VAE is frozen)."""
     start_frames: int = 4
     """Validation first frames stored in the exported world file (one per validation shard)."""
+    camera_reference: str | None = None
+    """Camera normalisation ('rest' or 'none', see CameraStats). None: the init checkpoint's, else 'rest'.
+    Set it to fine-tune an older model into another normalisation (its camera projection re-learns)."""
 
 
 @dataclass
@@ -119,6 +124,30 @@ class StageConf:
 
 
 @dataclass
+class ParallelConf(ParallelConfig):
+    """Scale-out under torchrun (docs/distributed.md): the fields of worldmodel.parallel.ParallelConfig
+    (dp_shard, cp, zero, activation_checkpointing, compile, mixed_precision) plus the two below.
+    Off by default: plain data parallel (gradient all-reduce)."""
+
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state with FSDP2 over a (dp_shard, cp) mesh."""
+    generator_zero: int = 2
+    """ZeRO stage of the adversarial stage's generator (2: stays gathered across its recurrent
+    forward_step calls); `zero` applies to every other model."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.cp > 1 and not self.fsdp:
+            raise ValueError(f"parallel.cp={self.cp} runs on the FSDP2 mesh: set parallel.fsdp=true")
+        self.for_model(self.generator_zero)  # validates generator_zero
+
+    def for_model(self, zero: int | None = None) -> ParallelConfig:
+        """The worldmodel.parallel config of one model (ZeRO stage `zero`, default `self.zero`)."""
+        base = {f.name: getattr(self, f.name) for f in fields(ParallelConfig)}
+        return ParallelConfig(**{**base, "zero": self.zero if zero is None else zero})
+
+
+@dataclass
 class TrainConfig:
     """Everything one stage run needs."""
 
@@ -128,6 +157,8 @@ class TrainConfig:
     """The transformer (hydra group `model`)."""
     data: DataConf = field(default_factory=DataConf)
     """The data (hydra group `data`)."""
+    parallel: ParallelConf = field(default_factory=ParallelConf)
+    """FSDP2 / context parallelism / activation checkpointing (see docs/distributed.md)."""
     run_dir: str = "runs/diffusion_tiny"
     """Training state, metrics.jsonl, TensorBoard files and sample videos."""
     out: str = "checkpoints/diffusion_tiny.safetensors"

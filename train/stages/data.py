@@ -49,7 +49,8 @@ class ClipStream:
             p: CurriculumPhase = self.phases[phase]
             dc = DatasetConfig(root=self.cfg.root, split=self.split, frames_per_step=self.fps, steps=list(p.steps),
                                resolutions=[list(r) for r in p.resolutions], window_stride=self.cfg.window_stride,
-                               cache_shards=self.cfg.cache_shards)
+                               cache_shards=self.cfg.cache_shards,
+                               camera_reference=self.cfg.camera_reference or "rest")
             ds = ClipDataset(dc, self.stats, rank=self.rank, world_size=self.world_size)
             self.stats = ds.stats
             if len(ds) == 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,16 @@ from train.common import (
     load_training_state,
     previous_path,
     progress,
+    read_training_state,
     save_training_state,
     seed_everything,
+    set_rng_state,
+    state_model,
+    state_optimizer,
+    unflatten_state,
 )
 from train.distributed import DistInfo, init_distributed
+from train.sharded_state import gather_states, scatter_states, unsharded_copy
 from train.latents import load_frozen_vae
 from train.rollout import sample_rollout
 from train.stages.config import TrainConfig
@@ -40,7 +47,10 @@ from worldmodel.checkpoint import CheckpointError, load_checkpoint, save_world_m
 from worldmodel.config import CameraStats, DiTConfig, model_config
 from worldmodel.dit import WorldDiT
 from worldmodel.flow import consistency_grid
+from worldmodel.parallel import build_mesh, data_parallel_rank, parallelize, reshard
 from worldmodel.world import video_to_uint8
+
+log = logging.getLogger(__name__)
 
 
 def load_dit_weights(model: WorldDiT, path: str | Path, allow_missing: tuple[str, ...] = ()) -> None:
@@ -69,6 +79,12 @@ class Stage:
         torch.set_num_threads(cfg.threads)
         self.dist: DistInfo = init_distributed(device=None if cfg.device == "auto" else cfg.device)
         self.device = self.dist.device
+        # FSDP2 / context parallelism over a (dp_shard, cp) mesh; None = one process or plain data parallel.
+        self.mesh = build_mesh(cfg.parallel.dp_shard, cfg.parallel.cp, self.device.type) if cfg.parallel.fsdp else None
+        self.sharded = self.mesh is not None
+        # Ranks of one context-parallel group see the same clips and the same noise.
+        self.data_rank, self.data_world = (data_parallel_rank(self.mesh) if self.sharded
+                                           else (self.dist.rank, self.dist.world_size))
         seed_everything(cfg.seed, deterministic=cfg.deterministic)  # same init on every rank
         self.run_dir = Path(cfg.run_dir)
         self.state_path = self.run_dir / "state.safetensors"
@@ -82,11 +98,15 @@ class Stage:
         if cfg.stage.init:
             saved = load_checkpoint(cfg.stage.init)[1].get("camera_stats")
             stats = CameraStats(**saved) if saved else None
+            if stats is not None and cfg.data.camera_reference not in (None, stats.reference):
+                log.warning("data.camera_reference=%s but %s was trained with %r: measuring new camera statistics",
+                            cfg.data.camera_reference, cfg.stage.init, stats.reference)
+                stats = None
         self.stream = ClipStream(cfg.data, self.vae, self.model_cfg.frames_per_step, cfg.seed, self.device,
-                                 stats=stats, rank=self.dist.rank, world_size=self.dist.world_size)
+                                 stats=stats, rank=self.data_rank, world_size=self.data_world)
         self.camera_stats = self.stream.dataset(0).stats
         # Noise and timesteps differ per rank; the global RNG (model init) does not.
-        self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed * 1009 + self.dist.rank)
+        self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed * 1009 + self.data_rank)
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.build()
@@ -116,13 +136,31 @@ class Stage:
 
     # ---- helpers ----------------------------------------------------------------------------
 
-    def new_model(self, init: str = "", logit_head: bool = False, allow_missing: tuple[str, ...] = ()) -> WorldDiT:
-        """A WorldDiT of the configured size on this device, optionally loaded from a checkpoint."""
+    def new_model(
+        self, init: str = "", logit_head: bool = False, allow_missing: tuple[str, ...] = (), zero: int | None = None
+    ) -> WorldDiT:
+        """A WorldDiT of the configured size on this device, optionally loaded from a checkpoint.
+
+        With `parallel.fsdp` it is sharded (ZeRO stage `zero`, default `parallel.zero`), with
+        context parallelism when `parallel.cp > 1`; activation checkpointing and compile apply
+        in one process too.
+        """
         cfg: DiTConfig = dataclasses.replace(self.model_cfg, logit_head=logit_head)
         model = WorldDiT(cfg).to(self.device)
         if init:
             load_dit_weights(model, init, allow_missing)
+        pc = self.cfg.parallel
+        if self.sharded or pc.activation_checkpointing or pc.compile:
+            parallelize(model, pc.for_model(zero), self.mesh)
         return model
+
+    def exportable(self, model: WorldDiT) -> WorldDiT | None:
+        """The model as a plain module for single-file exports: itself, or (sharded, a collective)
+        an unsharded CPU copy on rank 0 and None on the other ranks."""
+        if not self.sharded:
+            return model
+        cfg = dataclasses.replace(model.cfg, checkpoint_activations=self.model_cfg.checkpoint_activations)
+        return unsharded_copy(model, lambda: WorldDiT(cfg))
 
     def randn(self, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
         """Standard normal noise from the stage's (checkpointed) generator."""
@@ -145,13 +183,13 @@ class Stage:
     def update(self, opt: torch.optim.Optimizer, model: nn.Module) -> float:
         """Average gradients over ranks, clip, step and clear; returns the gradient norm."""
         params = [p for p in model.parameters() if p.grad is not None]
-        if self.dist.world_size > 1:
-            # Data-parallel gradient averaging. Integration point: FSDP2 / context parallelism via
-            # worldmodel.parallel.parallelize(model, ParallelConfig, mesh) replaces this at scale.
+        if self.dist.world_size > 1 and not self.sharded:
+            # Plain data parallel; under FSDP2 backward already reduce-scattered (averaged) the gradients.
             for p in params:
                 torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
         clip = self.cfg.stage.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
         if not torch.isfinite(norm):
             self.guard({"grad_norm": norm})
         opt.step()
@@ -160,21 +198,53 @@ class Stage:
 
     # ---- state --------------------------------------------------------------------------------
 
+    def noise_key(self, rank: int) -> str:
+        """Name of a rank's noise generator in the training state ('noise' on rank 0, as in one process)."""
+        return "noise" if rank == 0 else f"noise.rank{rank}"
+
     def save_state(self) -> None:
-        """Atomic training state (models, optimizers, step, RNGs, data position); rank 0 writes."""
+        """Atomic training state (models, optimizers, step, RNGs, every rank's noise and data position).
+
+        Rank 0 writes one file; under FSDP2 the ranks first gather full state dicts to it.
+        """
+        models, optimizers = gather_states(self.models, self.optimizers) if self.sharded else (self.models, self.optimizers)
+        per_rank = [(self.noise_gen.get_state(), self.stream.state())]
+        if self.dist.world_size > 1:
+            per_rank = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(per_rank, (self.noise_gen.get_state(), self.stream.state()))
         if self.dist.is_main:
-            save_training_state(self.state_path, self.step, self.models, self.optimizers, {"noise": self.noise_gen},
-                                extra={"data": self.stream.state(), "stage": self.name,
-                                       "config": dataclasses.asdict(self.cfg)})
+            gens = {}
+            for r, (noise, _) in enumerate(per_rank):
+                gens[self.noise_key(r)] = g = torch.Generator(self.device)
+                g.set_state(noise)
+            save_training_state(self.state_path, self.step, models, optimizers, gens,
+                                extra={"data": per_rank[0][1], "data_ranks": [d for _, d in per_rank],
+                                       "world_size": self.dist.world_size, "sharded": self.sharded,
+                                       "stage": self.name, "config": dataclasses.asdict(self.cfg)})
 
     def resume(self) -> None:
         """Load <run_dir>/state.safetensors (or its previous copy) when resuming."""
         if self.cfg.resume and (self.state_path.exists() or previous_path(self.state_path).exists()):
-            self.step, extra = load_training_state(self.state_path, self.models, self.optimizers, {"noise": self.noise_gen})
+            tensors, meta = read_training_state(self.state_path)
+            extra = meta["extra"]
             if extra.get("stage") != self.name:
                 raise CheckpointError(f"{self.state_path} holds a {extra.get('stage')!r} run, not {self.name!r}; "
                                       f"use another run_dir")
-            self.stream.load_state(extra["data"])
+            saved = (extra.get("world_size", 1), extra.get("sharded", False))
+            if saved != (self.dist.world_size, self.sharded):
+                raise CheckpointError(
+                    f"{self.state_path} was saved by {saved[0]} rank(s) with parallel.fsdp={saved[1]}; resume with "
+                    f"the same torchrun --nproc_per_node and parallel.fsdp (this job: {self.dist.world_size}, "
+                    f"{self.sharded}), or start a new run from its exported weights with stage.init")
+            gens = {self.noise_key(self.dist.rank): self.noise_gen}
+            if self.sharded:
+                scatter_states(self.models, self.optimizers, {n: state_model(tensors, n) for n in self.models},
+                               {n: state_optimizer(tensors, meta, n, self.state_path) for n in self.optimizers})
+                set_rng_state(unflatten_state(meta["skeleton"]["rng"], tensors), gens)
+                self.step = int(meta["step"])
+            else:
+                self.step, extra = load_training_state(self.state_path, self.models, self.optimizers, gens)
+            self.stream.load_state(extra.get("data_ranks", [extra["data"]])[self.dist.rank])
             if self.dist.is_main:
                 print(f"resumed {self.name} from {self.state_path} at step {self.step}")
 
@@ -198,7 +268,7 @@ class Stage:
     @torch.no_grad()
     def write_sample(self, tag: str) -> Path | None:
         """mp4 of ground truth (left) next to an autoregressive rollout (right) from validation first frames."""
-        if not self.dist.is_main:
+        if not (self.dist.is_main or self.sharded):  # sharded: every rank takes part in the forwards
             return None
         import imageio.v2 as imageio
 
@@ -212,6 +282,8 @@ class Stage:
         was_training = model.training
         fake = sample_rollout(model.eval(), z[:, 0], cam[:, :n], grid, gen)  # (B, 1+n, C, h, w)
         model.train(was_training)
+        if not self.dist.is_main:
+            return None
         real = self.vae.decode(z[:, : n + 1], light=True)
         video = torch.cat([real, self.vae.decode(fake, light=True)], dim=-1)  # side by side
         frames = video_to_uint8(video)  # (B, T, H, 2W, 3)
@@ -224,17 +296,19 @@ class Stage:
     # ---- the loop -------------------------------------------------------------------------------
 
     def save_weights(self) -> None:
-        """The stage's output weights (DiT + camera stats) for the next stage."""
+        """The stage's output weights (DiT + camera stats) for the next stage; rank 0 writes."""
+        model = self.exportable(self.generator)
         if self.dist.is_main:
-            save_world_model(self.cfg.out, self.generator, self.generator.cfg, self.camera_stats,
+            save_world_model(self.cfg.out, model, model.cfg, self.camera_stats,
                              extra_meta={"stage": self.name, "steps": self.step})
 
-    def evaluate(self, logger: MetricsLogger) -> None:
-        """Run `on_checkpoint` at the current step, log and remember its metrics."""
+    def evaluate(self, logger: MetricsLogger | None) -> None:
+        """Run `on_checkpoint` at the current step, log (rank 0) and remember its metrics."""
         metrics = self.on_checkpoint(self.step)
         if metrics:
             self.evals[self.step] = metrics
-            logger.log(self.step, metrics)
+            if logger is not None:
+                logger.log(self.step, metrics)
 
     def run(self) -> dict[str, Any]:
         """Train to `stage.steps` (or `stop_after` more steps); returns a summary."""
@@ -243,9 +317,10 @@ class Stage:
         self.resume()
         start = self.step
         main = self.dist.is_main
+        every = main or self.sharded  # sharded models need every rank in each forward (evals, samples, exports)
         logger = MetricsLogger(self.run_dir, resume_step=self.step if cfg.resume else None) if main else None
         self.evals: dict[int, dict[str, float]] = {}
-        if main and start == 0:
+        if every and start == 0:
             self.evaluate(logger)
         bar = progress(cfg.stage.steps, self.step, desc=self.name) if main and cfg.progress_bar else None
         t0, first_loss, last = time.perf_counter(), None, {}
@@ -254,6 +329,7 @@ class Stage:
                 batch = self.stream.next(self.step)
                 for m in self.models.values():
                     m.train()
+                    reshard(m)  # parameters gathered by a no_grad eval must not serve training (FSDP2)
                 with self.autocast():
                     metrics = self.train_step(batch, self.step)
                 self.step += 1
@@ -268,9 +344,9 @@ class Stage:
                                      "clips/s": f"{(self.step - start) * len(batch['keys']) / (time.perf_counter() - t0):.2f}"})
                 if self.step % cfg.ckpt_every == 0:
                     self.save_state()
-                    if main:
+                    if every:
                         self.evaluate(logger)
-                if main and cfg.sample_every and self.step % cfg.sample_every == 0:
+                if every and cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.write_sample(f"step{self.step:07d}")
                 if cfg.stop_after and self.step - start >= cfg.stop_after:
                     break
@@ -287,7 +363,7 @@ class Stage:
                                    "wall_s": time.perf_counter() - t0, "first": first_loss, "last": last}
         if self.step >= cfg.stage.steps:
             self.save_weights()
-            if main:
+            if every:
                 if self.step not in self.evals:
                     self.evaluate(logger)
                 summary["evals"] = self.evals
