@@ -59,3 +59,35 @@ def test_evaluation_runs_on_the_bundled_world_and_a_1440_frame_rollout_does_not_
     assert (tmp_path / "report" / "index.html").exists()
     for name in ("model", "repeat_last_frame", "camera_zeroed", "camera_shuffled"):
         assert name in res["methods"], name
+
+
+def test_bundle_ships_a_stage_generator_with_its_camera_stats(tmp_path):
+    """`--generator` replaces the world's transformer and camera normalisation by a stage checkpoint's."""
+    import dataclasses
+
+    import torch
+
+    from test_world_env import build_world
+    from train.bundle import main as bundle
+    from worldmodel.checkpoint import save_world_model
+    from worldmodel.config import CameraStats
+    from worldmodel.dit import WorldDiT
+
+    build_world(tmp_path / "world.safetensors")
+    cfg = World.load(tmp_path / "world.safetensors").cfg
+    torch.manual_seed(5)
+    gen = WorldDiT(cfg)
+    stats = CameraStats(mean=[0.0] * 6, std=[2.0] * 6, reference="rest")
+    save_world_model(tmp_path / "gen.safetensors", gen, cfg, stats, extra_meta={"stage": "distill", "steps": 7})
+    out = tmp_path / "shipped.safetensors"
+    bundle(["--world", str(tmp_path / "world.safetensors"), "--generator", str(tmp_path / "gen.safetensors"),
+            "--out", str(out), "--card-md", str(tmp_path / "card.md")])
+    shipped = World.load(out)
+    assert shipped.camera_stats == stats and "distill, 7 steps" in shipped.meta.card["generator"]
+    for k, v in gen.state_dict().items():
+        torch.testing.assert_close(shipped.dit.state_dict()[k], v, atol=2e-3, rtol=1e-3)  # stored as fp16
+    disc = WorldDiT(dataclasses.replace(cfg, logit_head=True))
+    save_world_model(tmp_path / "disc.safetensors", disc, disc.cfg, stats)
+    with pytest.raises(ValueError, match="discriminator"):
+        bundle(["--world", str(tmp_path / "world.safetensors"), "--generator", str(tmp_path / "disc.safetensors"),
+                "--out", str(tmp_path / "x.safetensors"), "--card-md", str(tmp_path / "x.md")])

@@ -1,4 +1,4 @@
-"""Ship a trained world: `python -m train.bundle --world W --eval eval.json [--out PATH] [--card-md PATH]`.
+"""Ship a trained world: `python -m train.bundle --world W [--generator CKPT] --eval eval.json [--out PATH]`.
 
 Writes the world file with a model card in its metadata (training data, configs, commands,
 metrics) and stored in half precision to keep the repository small, and renders the same
@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from train.stages.adversarial import widen_bounds
+from worldmodel.checkpoint import load_world_model
 from worldmodel.config import config_to_dict
 from worldmodel.world import BUNDLED, World
 
@@ -53,9 +54,23 @@ def eval_summary(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def with_generator(world: World, path: str) -> World:
+    """`world` with the DiT and camera statistics of a stage checkpoint (same size and latent layout)."""
+    dit, cfg, stats, _, meta = load_world_model(path)
+    if cfg.logit_head:
+        raise ValueError(f"{path} is a discriminator (logit head), not a generator")
+    if stats is None:
+        raise ValueError(f"{path} has no camera statistics; pass a checkpoint written by a training stage")
+    world.meta.card = {**world.meta.card, "generator": f"{path} ({meta.get('stage', '?')}, {meta.get('steps', '?')} steps)"}
+    return World(dit, world.vae, world.meta, stats, world.start_frames, world.light_decoder)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", required=True, help="world file exported by the adversarial stage")
+    p.add_argument("--generator", default=None,
+                   help="ship this stage checkpoint's generator and camera stats instead of the world's "
+                        "(e.g. the distilled one); the world file still gives the VAE, bounds and start frames")
     p.add_argument("--eval", default=None, help="JSON written by python -m train.eval on this world")
     p.add_argument("--card", default=None, help="JSON file with extra card fields (training commands, data size, wall times)")
     p.add_argument("--out", default=str(BUNDLED), help=f"where to write the shipped world (default {BUNDLED})")
@@ -64,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     world = World.load(args.world)
+    if args.generator:
+        world = with_generator(world, args.generator)
     card = dict(world.meta.card)
     card.update({
         "source": "doom", "wad": "freedoom2", "map": "MAP25", "resolution": "256x192", "fps": 35,
