@@ -16,6 +16,7 @@ from worldmodel.metrics import (
     psnr,
     rotation_angle_deg,
     ssim,
+    yaw_response,
 )
 
 
@@ -134,3 +135,24 @@ def test_frame_stats_match_hand_computed_values():
     s = frame_stats(f)
     assert s["brightness"][0] == pytest.approx(127.5) and s["contrast"][0] == pytest.approx(127.5)
     assert frame_stats(np.full((1, 8, 8, 3), 90, np.uint8))["sharpness"][0] == 0.0
+
+
+def test_yaw_response_is_near_one_for_the_engine_turning_and_zero_for_a_frozen_world(doom):
+    """Real ViZDoom turns (no walking) slide the picture by about fx*tan(yaw): gain near 1 and the shift
+    follows the sign of the command; the same commands over a frozen picture give gain 0."""
+    frames, actions = [], []
+    for seed, yaws in ((11, (0.1, -0.08, 0.12, -0.1)), (12, (-0.12, 0.06, 0.1, -0.05))):
+        obs, info = doom.reset(seed=seed, options={"start": "random"})
+        seq = [obs[-1]]
+        for y in yaws:
+            obs, _, _, _, info = doom.step(np.array([0, 0, 0, 0, y, 0], np.float32))
+            seq.append(obs[-1])
+        frames.append(np.stack(seq))
+        actions.append([[0, 0, 0, 0, y, 0] for y in yaws])
+    frames, actions, fx = np.stack(frames), np.asarray(actions, float), float(info["intrinsics"][0])
+    real = yaw_response(frames, actions, fx)
+    assert real["yaw_steps"] == 8 and 0.7 < real["yaw_gain"] < 1.3 and real["yaw_corr"] > 0.9, real
+    frozen = yaw_response(np.repeat(frames[:, :1], 5, axis=1), actions, fx)
+    assert abs(frozen["yaw_gain"]) < 0.05, frozen
+    with pytest.raises(ValueError, match="steps \\+ 1"):
+        yaw_response(frames[:, :4], actions, fx)

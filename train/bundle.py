@@ -44,7 +44,7 @@ def eval_summary(results: dict[str, Any]) -> dict[str, Any]:
             "teacher_forced_psnr": m["teacher_forced"]["psnr"], "teacher_forced_ssim": m["teacher_forced"]["ssim"],
             "autoregressive_psnr": m["autoregressive"]["psnr"], "autoregressive_ssim": m["autoregressive"]["ssim"],
             "rot_err_deg": cam.get("rot_err_deg"), "trans_dir_err_deg": cam.get("trans_dir_err_deg"),
-            "pose_success_share": cam.get("success_share"),
+            "pose_success_share": cam.get("success_share"), "yaw_gain": cam.get("yaw_gain"),
         }
     out["vae_reconstruction"] = results.get("vae_reconstruction")
     out["long_run_collapsed"] = results.get("long_run", {}).get("collapsed")

@@ -41,6 +41,7 @@ from worldmodel.metrics import (
     frame_stats,
     psnr,
     ssim,
+    yaw_response,
 )
 from worldmodel.world import World, images_to_video, video_to_uint8
 
@@ -303,8 +304,10 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     arrays["generated"] = gen
 
     t = time.perf_counter()
-    camera = {name: following(v, actions, K, fps, cfg) for name, v in gen.items()}
-    camera_real = following(frames, actions, list(env_K), fps, cfg)
+    camera = {name: {**following(v, actions, K, fps, cfg), **yaw_response(v[:, ::fps], actions, K[0])}
+              for name, v in gen.items()}
+    camera_real = {**following(frames, actions, list(env_K), fps, cfg),
+                   **yaw_response(frames[:, ::fps], actions, float(env_K[0]))}
     timing["camera_following_s"] = time.perf_counter() - t
 
     # Long run: stability over long_steps steps.
@@ -407,14 +410,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def headline(results: dict[str, Any]) -> str:
     """A small text table of the main numbers."""
-    lines = [f"{'method':<18} {'TF PSNR':>8} {'TF SSIM':>8} {'AR PSNR@last':>13} {'RotErr deg':>11} {'est. ok':>8}"]
+    gain = lambda c: "-" if c.get("yaw_gain") is None else f"{c['yaw_gain']:.2f}"  # noqa: E731
+    lines = [f"{'method':<18} {'TF PSNR':>8} {'TF SSIM':>8} {'AR PSNR@last':>13} {'RotErr deg':>11} {'est. ok':>8}"
+             f" {'yaw gain':>9}"]
     for name, m in results["methods"].items():
         ar = m["autoregressive"]["psnr"]
         last = ar[max(ar, key=int)] if ar else float("nan")
         lines.append(f"{name:<18} {m['teacher_forced']['psnr']:>8.2f} {m['teacher_forced']['ssim']:>8.3f} "
-                     f"{last:>13.2f} {m['camera']['rot_err_deg']:>11.2f} {m['camera']['success_share']:>8.2f}")
+                     f"{last:>13.2f} {m['camera']['rot_err_deg']:>11.2f} {m['camera']['success_share']:>8.2f}"
+                     f" {gain(m['camera']):>9}")
     cr = results["real_engine_camera"]
-    lines.append(f"{'real engine':<18} {'':>8} {'':>8} {'':>13} {cr['rot_err_deg']:>11.2f} {cr['success_share']:>8.2f}")
+    lines.append(f"{'real engine':<18} {'':>8} {'':>8} {'':>13} {cr['rot_err_deg']:>11.2f} {cr['success_share']:>8.2f}"
+                 f" {gain(cr):>9}")
     lr = results["long_run"]
     lines.append(f"long run: {lr['frames']} frames, collapsed={lr['collapsed']}; "
                  f"total {results['timing']['total_s']:.1f} s")

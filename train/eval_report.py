@@ -110,7 +110,7 @@ def _table(results: dict[str, Any]) -> str:
     head = ["method", "TF PSNR", "TF SSIM"]
     ar_steps = list(results["methods"]["model"]["autoregressive"]["psnr"])
     head += [f"AR PSNR@{s}" for s in ar_steps] + [f"AR SSIM@{s}" for s in ar_steps]
-    head += ["RotErr (deg)", "rot. est. ok", "trans. dir. err (deg)", "trans. est. ok"]
+    head += ["RotErr (deg)", "rot. est. ok", "trans. dir. err (deg)", "trans. est. ok", "yaw gain"]
     fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     rows = []
     for name, m in results["methods"].items():
@@ -118,13 +118,13 @@ def _table(results: dict[str, Any]) -> str:
         rows.append([LABELS.get(name, name), fmt(m["teacher_forced"]["psnr"]), fmt(m["teacher_forced"]["ssim"], 3)]
                     + [fmt(ar["psnr"][s]) for s in ar_steps] + [fmt(ar["ssim"][s], 3) for s in ar_steps]
                     + [fmt(c["rot_err_deg"]), fmt(c["success_share"]), fmt(c["trans_dir_err_deg"]),
-                       fmt(c["trans_success_share"])])
+                       fmt(c["trans_success_share"]), fmt(c.get("yaw_gain"))])
     c = results["real_engine_camera"]
     v = results["vae_reconstruction"]
     rows.append(["real engine frames (estimator floor) / VAE reconstruction", fmt(v["psnr"]), fmt(v["ssim"], 3)]
                 + ["-"] * (2 * len(ar_steps))
                 + [fmt(c["rot_err_deg"]), fmt(c["success_share"]), fmt(c["trans_dir_err_deg"]),
-                   fmt(c["trans_success_share"])])
+                   fmt(c["trans_success_share"]), fmt(c.get("yaw_gain"))])
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     tr = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows)
     return f"<table><tr>{th}</tr>{tr}</table>"

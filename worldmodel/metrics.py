@@ -322,6 +322,46 @@ def camera_following(
     return out
 
 
+def image_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Global translation (dx, dy) in pixels that moves image a (H, W, 3) onto b, by phase correlation.
+
+    It needs no features, so it still measures motion on blurry generated frames where the
+    essential-matrix estimate fails.
+    """
+    g = [cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY).astype(np.float32) for x in (a, b)]
+    window = cv2.createHanningWindow(g[0].shape[::-1], cv2.CV_32F)
+    (dx, dy), _ = cv2.phaseCorrelate(g[0], g[1], window)
+    return float(dx), float(dy)
+
+
+def yaw_response(frames: np.ndarray, actions: np.ndarray, fx: float, min_yaw: float = 0.02) -> dict[str, float | int | None]:
+    """How far the picture slides sideways per radian of commanded yaw, over step-end frames (S+1, ...) or (B, S+1, ...).
+
+    Under a pure yaw of θ a pinhole image slides by about fx·tan θ pixels, against the turn. The
+    least-squares slope of horizontal shift on commanded yaw (the action's ry), over the steps
+    turning by more than `min_yaw` rad, is divided by -fx: `yaw_gain` is 1 for a camera that
+    turns like the geometry says, about 0 for a world that ignores the turn (the real engine:
+    a little under 1, since forward motion and parallax also move the picture).
+    """
+    frames, actions = np.asarray(frames), np.asarray(actions, np.float64)
+    if frames.ndim == 4:
+        frames, actions = frames[None], actions[None]
+    if frames.shape[1] != actions.shape[1] + 1:
+        raise ValueError(f"{frames.shape[1]} frames for {actions.shape[1]} actions: expected steps + 1 frames")
+    yaw, dx = [], []
+    for f, a in zip(frames, actions, strict=True):
+        for k in range(len(a)):
+            if abs(a[k, 4]) > min_yaw:
+                yaw.append(a[k, 4])
+                dx.append(image_shift(f[k], f[k + 1])[0])
+    if len(yaw) < 2:
+        return {"yaw_gain": None, "yaw_corr": None, "yaw_steps": len(yaw)}
+    y, x = np.asarray(yaw), np.asarray(dx)
+    slope = float((y @ x) / (y @ y))  # through the origin: no turn, no slide
+    corr = float(np.corrcoef(y, x)[0, 1]) if x.std() > 0 else 0.0
+    return {"yaw_gain": slope / -fx, "yaw_corr": -corr, "yaw_steps": len(yaw)}
+
+
 # ----------------------------------------------------------------------------- stability
 
 
