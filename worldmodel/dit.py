@@ -270,6 +270,8 @@ class WorldDiT(nn.Module):
 
     @staticmethod
     def _frame_t(t: torch.Tensor | float, B: int, Fr: int, device: torch.device) -> torch.Tensor:
+        if isinstance(t, (int, float)):  # a fill kernel, not a host-to-device copy (CUDA-graph safe)
+            return torch.full((B, Fr), float(t), dtype=torch.float32, device=device)
         t = torch.as_tensor(t, dtype=torch.float32, device=device)
         if t.ndim == 0:
             t = t.expand(B)
@@ -340,16 +342,19 @@ class WorldDiT(nn.Module):
 
     def new_cache(
         self, batch: int, latent_hw: tuple[int, int], window: int | None = None, context_tokens: int = 0,
-        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None, dtype: torch.dtype | None = None, graph_safe: bool = False,
     ) -> KVCache:
-        """An empty KV cache sized for this model, a latent grid and a window (default: config)."""
+        """An empty KV cache sized for this model, a latent grid and a window (default: config).
+
+        `graph_safe=True` keeps the attention mask tensor on every step, so `step_prepared` can be
+        captured once as a CUDA graph (worldmodel.cuda_graph)."""
         grid = self.token_grid(latent_hw)
         ref = next(self.parameters())
         return KVCache(
             self.cfg.depth, batch, self.cfg.heads if self.cp is None else self.cp.local_heads, self.cfg.head_dim,
             grid[0] * grid[1],
             self.cfg.window if window is None else window, context_tokens,
-            device=device or ref.device, dtype=dtype or ref.dtype,
+            device=device or ref.device, dtype=dtype or ref.dtype, graph_safe=graph_safe,
         )
 
     @torch.no_grad()
@@ -371,14 +376,27 @@ class WorldDiT(nn.Module):
 
         `advance=False` evaluates the frame without committing it (its keys stay in the
         slot and are overwritten by the next call for the same frame): multi-step samplers.
+        Host bookkeeping (`cache.prepare`, `cache.advance`) wraps the device work, `step_prepared`.
         """
+        cache.prepare()
+        out = self.step_prepared(noisy, recycled, camera, t, cache)
+        if advance:
+            cache.advance()
+        return out
+
+    def step_prepared(
+        self, noisy: torch.Tensor, recycled: torch.Tensor, camera: torch.Tensor, t: torch.Tensor | float,
+        cache: KVCache,
+    ) -> torch.Tensor:
+        """The device part of `forward_step` for a cache whose `prepare()` has run: tensor code with
+        fixed shapes and no host synchronisation, so a CUDA graph can capture it."""
         B = noisy.shape[0]
         grid = self.token_grid(noisy.shape[-2:])
         x = self._embed(noisy[:, None], recycled[:, None], camera[:, None])[:, 0]  # (B, N, D)
         if self.cp is not None:  # context parallelism: this rank keeps a contiguous share of the tokens
             x = self.cp.shard(x, 1)  # (B, N/cp, D)
         temb = self.t_embed(self._frame_t(t, B, 1, x.device))  # (B, 1, D)
-        plan = cache.prepare()
+        plan = cache.plan
         sp = self.rope.spatial_angles(grid, x.device)  # (N, P)
         rope_q = cos_sin(self.rope.temporal_angles(plan["pos"])[:, None, None] + sp, x.dtype)  # (B, 1, N, P)
         rope_sp = cos_sin(sp, x.dtype)
@@ -386,8 +404,6 @@ class WorldDiT(nn.Module):
         rope_sink = cos_sin(self.rope.temporal_angles(plan["sink_pos"])[:, None, None], cache.dtype)  # (B, 1, 1, P)
         for i, blk in enumerate(self.blocks):
             x = blk.forward_step(x, temb, cache, i, rope_q, (*rope_sp, *rope_sink))
-        if advance:
-            cache.advance()
         x = x[:, None]  # (B, 1, N, D)
         if self.cp is not None:
             x = self.cp.gather(x, 2)  # every rank gets the whole frame back

@@ -19,6 +19,7 @@ import torch
 
 from worldmodel.camera import action_camera_maps, normalize_camera
 from worldmodel.config import CameraStats
+from worldmodel.cuda_graph import GraphedStep
 from worldmodel.dit import WorldDiT
 
 
@@ -36,6 +37,7 @@ class StreamingGenerator:
         window: int | None = None,
         context: torch.Tensor | None = None,
         seeds: Sequence[int] | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         self.model = model.eval()
         self.cfg = model.cfg
@@ -44,9 +46,14 @@ class StreamingGenerator:
         self.device, self.dtype = ref.device, ref.dtype
         self.intrinsics, self.image_hw = intrinsics, image_hw
         self.camera_stats = camera_stats or CameraStats()
-        self.cache = model.new_cache(batch, self.latent_hw, window, 0 if context is None else context.shape[1])
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {self.device}")
+        self.cache = model.new_cache(batch, self.latent_hw, window, 0 if context is None else context.shape[1],
+                                     graph_safe=cuda_graph)
         if context is not None:
             model.prefill_context(self.cache, context.to(self.device, self.dtype))
+        # The transformer step replayed as one CUDA graph (captured on the first step).
+        self.graphed = GraphedStep(model, self.cache) if cuda_graph else None
         C, (h, w) = self.cfg.latent_channels, self.latent_hw
         self.recycled = torch.zeros(batch, C, h, w, device=self.device, dtype=self.dtype)  # static
         self.rngs = [torch.Generator(device=self.device) for _ in range(batch)]
@@ -92,7 +99,11 @@ class StreamingGenerator:
     def step_camera(self, camera: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """One transformer evaluation: camera channels (B, Cc, h, w) -> next latent (B, C, h, w)."""
         eps = self.noise() if noise is None else noise.to(self.device, self.dtype)
-        v = self.model.forward_step(eps, self.recycled, camera.to(self.device, self.dtype), 1.0, self.cache)
+        camera = camera.to(self.device, self.dtype)
+        if self.graphed is not None:
+            v = self.graphed(eps, self.recycled, camera)
+        else:
+            v = self.model.forward_step(eps, self.recycled, camera, 1.0, self.cache)
         x0 = eps - v  # t = 1: x_t = eps, x0 = x_t - t * v
         self.recycled.copy_(x0)
         return x0.clone()

@@ -35,8 +35,10 @@ class KVCache:
         context_tokens: int = 0,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        graph_safe: bool = False,
     ) -> None:
         self.depth, self.batch, self.window = depth, batch, window
+        self.graph_safe = graph_safe
         self.N, self.C = frame_tokens, context_tokens
         self.length = context_tokens + frame_tokens * (window + 2)
         shape = (depth, batch, heads, self.length, head_dim)
@@ -49,6 +51,16 @@ class KVCache:
         self._valid[:, :context_tokens] = True
         self.device = torch.device(device)
         self.plan: dict[str, torch.Tensor] | None = None
+        # The step's index tensors live in fixed buffers, refilled in place by `prepare`, so a
+        # captured CUDA graph of the layers reads each step's plan (KVCache(graph_safe=True)).
+        dev = self.device
+        self._plan_buffers = {
+            "write": torch.zeros(batch, frame_tokens, dtype=torch.int64, device=dev),
+            "first": torch.zeros(batch, dtype=torch.bool, device=dev),
+            "pos": torch.zeros(batch, dtype=torch.float64, device=dev),
+            "sink_pos": torch.zeros(batch, dtype=torch.float64, device=dev),
+            "valid": torch.zeros(batch, self.length, dtype=torch.bool, device=dev),
+        }
 
     def reset(self, streams: np.ndarray | list[int] | None = None) -> None:
         """Forget the frames of some (default: all) streams; their context stays."""
@@ -57,21 +69,25 @@ class KVCache:
         self._valid[idx, self.C:] = False
 
     def prepare(self) -> dict[str, torch.Tensor]:
-        """Index tensors for the coming step (one frame per stream); call before the layers run."""
+        """Index tensors for the coming step (one frame per stream); call before the layers run.
+
+        They are computed on the host and copied into the same buffers every step. The mask is
+        None once every slot is valid (lets attention skip masking), except with `graph_safe`,
+        where the layers must see the same tensors at every step.
+        """
         n = self.frames
         W, N, C = self.window, self.N, self.C
         slot_start = np.where(n == 0, C, C + N + ((n - 1) % (W + 1)) * N)  # (B,)
         write = slot_start[:, None] + np.arange(N)[None]  # (B, N)
         valid = self._valid.copy()
         valid[np.arange(self.batch)[:, None], write] = True
-        dev = self.device
-        self.plan = {
-            "write": torch.as_tensor(write, device=dev),
-            "first": torch.as_tensor(n == 0, device=dev),
-            "pos": torch.as_tensor(n, device=dev, dtype=torch.float64),
-            "sink_pos": torch.as_tensor(np.maximum(n - (W + 1), 0), device=dev, dtype=torch.float64),
-            "valid": None if valid.all() else torch.as_tensor(valid, device=dev),
-        }
+        host = {"write": write, "first": n == 0, "pos": n.astype(np.float64),
+                "sink_pos": np.maximum(n - (W + 1), 0).astype(np.float64), "valid": valid}
+        for k, buf in self._plan_buffers.items():
+            buf.copy_(torch.from_numpy(np.ascontiguousarray(host[k])))
+        self.plan = dict(self._plan_buffers)
+        if valid.all() and not self.graph_safe:
+            self.plan["valid"] = None
         self._next_valid = valid
         return self.plan
 

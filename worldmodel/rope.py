@@ -45,9 +45,18 @@ class Rope3D:
             return theta ** (-torch.arange(n, dtype=torch.float64) / max(n, 1))
 
         self.f_t, self.f_h, self.f_w = freqs(self.t_pairs), freqs(self.h_pairs), freqs(self.w_pairs)
+        self._spatial: dict[tuple, torch.Tensor] = {}
+        self._f_t: dict[str, torch.Tensor] = {}
 
     def spatial_angles(self, grid: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
-        """(h*w, pairs) float64 angles of a token grid, zero on the temporal pairs."""
+        """(h*w, pairs) float64 angles of a token grid, zero on the temporal pairs (memoised per grid and
+        device: no host-to-device copy after the first call, as a captured CUDA graph requires)."""
+        key = (tuple(grid), str(torch.device(device)))
+        if key not in self._spatial:
+            self._spatial[key] = self._spatial_angles(grid).to(device)
+        return self._spatial[key]
+
+    def _spatial_angles(self, grid: tuple[int, int]) -> torch.Tensor:
         h, w = grid
         rh, rw = self.ref_grid
         ys = (torch.arange(h, dtype=torch.float64) + 0.5) * (rh / h)  # stretched to the reference grid
@@ -55,12 +64,15 @@ class Rope3D:
         a_h = (ys[:, None] * self.f_h[None]).repeat_interleave(w, 0)  # (h*w, h_pairs)
         a_w = (xs[:, None] * self.f_w[None]).repeat(h, 1)  # (h*w, w_pairs)
         a_t = torch.zeros(h * w, self.t_pairs, dtype=torch.float64)
-        return torch.cat([a_t, a_h, a_w], dim=1).to(device)
+        return torch.cat([a_t, a_h, a_w], dim=1)
 
     def temporal_angles(self, frames: torch.Tensor) -> torch.Tensor:
         """(..., pairs) float64 angles for frame indices (...,), zero on the spatial pairs."""
         pos = frames.to(torch.float64) * self.temporal_interval
-        a_t = pos[..., None] * self.f_t.to(pos.device)
+        key = str(pos.device)
+        if key not in self._f_t:
+            self._f_t[key] = self.f_t.to(pos.device)
+        a_t = pos[..., None] * self._f_t[key]
         zeros = torch.zeros(*pos.shape, self.h_pairs + self.w_pairs, dtype=torch.float64, device=pos.device)
         return torch.cat([a_t, zeros], dim=-1)
 
