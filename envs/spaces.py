@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from gymnasium import spaces
 
-from worldmodel.camera import ACTION_LAYOUT
+from worldmodel.camera import ACTION_LAYOUT, check_action
 
 DEFAULT_MAX_TRANSLATION = 32.0
 """Default bound on |tx|, |ty|, |tz| per step, in scene units (Doom map units for the bundled data)."""
@@ -22,25 +22,12 @@ def camera_action_space(
 
 
 def validate_action(action: object, space: spaces.Box, layout: str = ACTION_LAYOUT) -> np.ndarray:
-    """Check shape, dtype and finiteness of an action for a Box space; return it as float64.
+    """Check shape (the space's), dtype and finiteness of an action; return it as float64.
 
     Raises ValueError naming the problem and the expected layout; never mutates env state,
     so an env that validates first stays usable after a bad action.
     """
-    try:
-        a = np.asarray(action)
-    except Exception as e:  # ragged lists and other junk
-        raise ValueError(f"action {action!r} is not array-like; expected shape {space.shape} = {layout}") from e
-    if a.shape != space.shape:
-        raise ValueError(f"action has shape {a.shape}, expected {space.shape} = {layout}")
-    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError(f"action has dtype {a.dtype}, expected a float array of shape {space.shape} = {layout}")
-    a = a.astype(np.float64)
-    if np.isnan(a).any():
-        raise ValueError(f"action contains NaN at {np.argwhere(np.isnan(a)).ravel().tolist()}: {a.tolist()} ({layout})")
-    if not np.isfinite(a).all():
-        raise ValueError(f"action contains inf at {np.argwhere(~np.isfinite(a)).ravel().tolist()}: {a.tolist()} ({layout})")
-    return a
+    return check_action(action, shape=space.shape, layout=layout)
 
 
 ACTION_NAMES = ("tx", "ty", "tz", "rx", "ry", "rz")

@@ -55,18 +55,25 @@ def relative_pose(c2w_prev: np.ndarray, c2w_next: np.ndarray) -> np.ndarray:
     return invert(c2w_prev) @ as_pose(c2w_next)
 
 
-def check_action(action: np.ndarray, per_frame: int | None = None) -> np.ndarray:
-    """Validate actions of shape (..., 6): finite float values; returns float64."""
-    a = np.asarray(action)
-    if a.shape[-1:] != (6,):
-        raise ValueError(f"action has shape {a.shape}, expected (..., 6) = {ACTION_LAYOUT}")
-    if not np.issubdtype(a.dtype, np.number):
-        raise ValueError(f"action has dtype {a.dtype}, expected a float array {ACTION_LAYOUT}")
+def check_action(action: object, shape: tuple[int, ...] | None = None, layout: str = ACTION_LAYOUT) -> np.ndarray:
+    """Validate actions: shape (..., 6), or exactly `shape` when given; real numbers; no NaN or inf.
+
+    Returns float64. Every error names the problem, the offending indices and the layout.
+    """
+    want = f"{shape}" if shape is not None else "(..., 6)"
+    try:
+        a = np.asarray(action)
+    except Exception as e:  # ragged lists and other junk
+        raise ValueError(f"action {action!r} is not array-like; expected shape {want} = {layout}") from e
+    if (a.shape != tuple(shape)) if shape is not None else (a.shape[-1:] != (6,)):
+        raise ValueError(f"action has shape {a.shape}, expected {want} = {layout}")
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise ValueError(f"action has dtype {a.dtype}, expected a float array of shape {want} = {layout}")
     a = a.astype(np.float64)
     if np.isnan(a).any():
-        raise ValueError(f"action contains NaN: {a.tolist()} (layout {ACTION_LAYOUT})")
+        raise ValueError(f"action contains NaN at {np.argwhere(np.isnan(a)).tolist()}: {a.tolist()} ({layout})")
     if not np.isfinite(a).all():
-        raise ValueError(f"action contains inf: {a.tolist()} (layout {ACTION_LAYOUT})")
+        raise ValueError(f"action contains inf at {np.argwhere(~np.isfinite(a)).tolist()}: {a.tolist()} ({layout})")
     return a
 
 
