@@ -46,6 +46,8 @@ def eval_summary(results: dict[str, Any]) -> dict[str, Any]:
             "rot_err_deg": cam.get("rot_err_deg"), "trans_dir_err_deg": cam.get("trans_dir_err_deg"),
             "pose_success_share": cam.get("success_share"), "yaw_gain": cam.get("yaw_gain"),
         }
+    real = results.get("real_engine_camera", {})
+    out["real_engine_frames"] = {k: real.get(k) for k in ("rot_err_deg", "success_share", "yaw_gain")}
     out["vae_reconstruction"] = results.get("vae_reconstruction")
     out["long_run_collapsed"] = results.get("long_run", {}).get("collapsed")
     out["long_run_frames"] = results.get("long_run", {}).get("frames")
