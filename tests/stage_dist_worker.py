@@ -24,11 +24,12 @@ from train.stages import build_stage
 from train.stages.config import ParallelConf
 
 SCENARIOS = {
-    # name: (stage, parallel config, stop_after then resume)
+    # name: (stage, parallel config, stop_after then resume). Context parallelism first: on the fresh
+    # data root both ranks are data rank 0 and both measure and save the camera statistics.
+    "diffusion_cp": ("diffusion", ParallelConf(fsdp=True, dp_shard=1, cp=2, activation_checkpointing=True), False),
     "diffusion_dp": ("diffusion", ParallelConf(), False),
     "diffusion_fsdp": ("diffusion", ParallelConf(fsdp=True), False),
     "diffusion_fsdp_resumed": ("diffusion", ParallelConf(fsdp=True), True),
-    "diffusion_cp": ("diffusion", ParallelConf(fsdp=True, dp_shard=1, cp=2, activation_checkpointing=True), False),
     "distill_dp": ("distill", ParallelConf(), False),
     "distill_fsdp": ("distill", ParallelConf(fsdp=True), False),
     "adversarial_dp": ("adversarial", ParallelConf(), False),

@@ -141,7 +141,8 @@ def compute_camera_stats(
     stats = camera_stats(maps, reference=reference, intrinsics=k[0], image_hw=(h, w))
     if save:
         p = stats_path(root)
-        tmp = p.with_suffix(".json.tmp")
+        # A name of our own: under context parallelism several ranks are data rank 0 and all save.
+        tmp = p.with_name(f"{p.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({**asdict(stats), "split": split, "frames": int(keep.sum()),
                                    "manifest_frames": sum(r.frames for r in rows),
                                    "dropped_frames": int((~keep).sum()), "grid": list(grid)}, indent=1))
