@@ -26,15 +26,19 @@ def _frame_space(space: gym.Space, batched: bool) -> spaces.Box:
     return spaces.Box(low, high, dtype=space.dtype)
 
 
+def _check_index(index: int, fps: int) -> int:
+    """A frame index valid for `fps` frames per step (negative counts from the end)."""
+    if not -fps <= index < fps:
+        raise ValueError(f"index={index} is out of range for {fps} frames per step")
+    return index
+
+
 class SingleFrameObservation(gym.ObservationWrapper):
     """Keep one frame of each step: (fps, H, W, 3) -> (H, W, 3); `index` picks it (default the last)."""
 
     def __init__(self, env: gym.Env, index: int = -1) -> None:
         super().__init__(env)
-        fps = env.observation_space.shape[0]
-        if not -fps <= index < fps:
-            raise ValueError(f"index={index} is out of range for {fps} frames per step")
-        self.index = index
+        self.index = _check_index(index, env.observation_space.shape[0])
         self.observation_space = _frame_space(env.observation_space, batched=False)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
@@ -47,10 +51,7 @@ class SingleFrameVectorObservation(gym.vector.VectorObservationWrapper):
 
     def __init__(self, env: gym.vector.VectorEnv, index: int = -1) -> None:
         super().__init__(env)
-        fps = env.single_observation_space.shape[0]
-        if not -fps <= index < fps:
-            raise ValueError(f"index={index} is out of range for {fps} frames per step")
-        self.index = index
+        self.index = _check_index(index, env.single_observation_space.shape[0])
         self.single_observation_space = _frame_space(env.single_observation_space, batched=False)
         self.observation_space = _frame_space(env.observation_space, batched=True)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from worldmodel.checkpoint import CheckpointError, load_world_model, save_checkpoint, save_world_model
+from worldmodel.checkpoint import CheckpointError, load_meta, load_world_model, save_checkpoint, save_world_model
 from worldmodel.config import CameraStats, config_to_dict, model_config
 from worldmodel.dit import WorldDiT
 
@@ -100,3 +100,14 @@ def test_camera_normalisation_reference_round_trips_and_old_files_mean_raw_rays(
     save_checkpoint(tmp_path / "old.safetensors", tensors,
                     {"dit_config": config_to_dict(m.cfg), "camera_stats": {"mean": [0.0] * 6, "std": [1.0] * 6}})
     assert load_world_model(tmp_path / "old.safetensors")[2].reference == "none"
+
+
+def test_meta_alone_reads_without_the_tensors_and_names_bad_files(tmp_path):
+    m = model()
+    save_world_model(tmp_path / "w.safetensors", m, m.cfg, CameraStats(), extra_meta={"stage": "distill"})
+    assert load_meta(tmp_path / "w.safetensors")["stage"] == "distill"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_meta(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_meta(tmp_path / "junk.safetensors")

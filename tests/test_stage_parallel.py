@@ -19,7 +19,7 @@ from test_distributed import launch
 from test_stages import adversarial_inits, make_tiny_root
 from train.stages import build_stage
 from train.stages.config import ParallelConf
-from worldmodel.checkpoint import load_checkpoint
+from worldmodel.checkpoint import load_checkpoint, load_meta
 
 TOL = 1e-5
 
@@ -54,7 +54,7 @@ def test_fsdp_stage_equals_data_parallel_stage(job, stage):
 
 def test_sharded_run_resumed_from_its_state_file_equals_uninterrupted(job):
     out, _ = job
-    extra = load_checkpoint(out / "diffusion_fsdp_resumed" / "run" / "state.safetensors")[1]["extra"]
+    extra = load_meta(out / "diffusion_fsdp_resumed" / "run" / "state.safetensors")["extra"]
     assert extra["world_size"] == 2 and extra["sharded"] and len(extra["data_ranks"]) == 2
     assert rel_err(out_weights(out, "diffusion_fsdp_resumed"), out_weights(out, "diffusion_fsdp")) <= 1e-7
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from test_stages import make_tiny_root
-from worldmodel.checkpoint import CheckpointError, load_checkpoint
+from worldmodel.checkpoint import CheckpointError, load_checkpoint, load_meta
 
 STEPS = 40
 
@@ -35,7 +35,7 @@ def command(root: Path, run: Path, *extra: str) -> list[str]:
 
 def saved_step(state: Path) -> int:
     try:
-        return int(load_checkpoint(state)[1]["step"])
+        return int(load_meta(state)["step"])
     except (CheckpointError, FileNotFoundError, KeyError):
         return -1
 

@@ -24,7 +24,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,32 +186,50 @@ def load_training_state(
     Falls back to the previous good file if the newest is missing or corrupt; raises
     CheckpointError naming both files if neither loads.
     """
-    path = Path(path)
     tensors, meta = read_training_state(path)
-    missing = sorted(set(models) - set(meta["models"]))
-    if missing:
-        raise CheckpointError(f"training state {path} has no model(s) {missing}; it has {meta['models']}")
-    for name, m in models.items():
-        load_state_strict(m, state_model(tensors, name), path)
-    for name, opt in (optimizers or {}).items():
-        opt.load_state_dict(state_optimizer(tensors, meta, name, path))
-    if restore_rng:
-        set_rng_state(unflatten_state(meta["skeleton"]["rng"], tensors), generators)
+    restore_training_state(tensors, meta, path, models, optimizers, generators, restore_rng)
     return int(meta["step"]), meta["extra"]
 
 
-def state_model(tensors: Mapping[str, Tensor], name: str) -> dict[str, Tensor]:
+def restore_training_state(
+    tensors: Mapping[str, Tensor],
+    meta: Mapping[str, Any],
+    path: str | Path,
+    models: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    generators: Mapping[str, torch.Generator] | None = None,
+    restore_rng: bool = True,
+    load_full: Callable[[dict[str, dict[str, Tensor]], dict[str, Any]], None] | None = None,
+) -> None:
+    """Put a read training state (`read_training_state`) into the given objects.
+
+    `load_full(model_states, optimizer_states)` replaces the plain `load_state_dict` calls, e.g.
+    for sharded models that keep only their slices of the full state (train/sharded_state.py).
+    """
+    missing = sorted(set(models) - set(meta["models"]))
+    if missing:
+        raise CheckpointError(f"training state {path} has no model(s) {missing}; it has {meta['models']}")
+    model_states = {name: _state_model(tensors, name) for name in models}
+    skel = meta["skeleton"]["optimizers"]
+    for name in optimizers or {}:
+        if name not in skel:
+            raise CheckpointError(f"training state {path} has no optimizer {name!r}; it has {sorted(skel)}")
+    optim_states = {name: unflatten_state(skel[name], tensors) for name in optimizers or {}}
+    if load_full is not None:
+        load_full(model_states, optim_states)
+    else:
+        for name, m in models.items():
+            load_state_strict(m, model_states[name], path)
+        for name, opt in (optimizers or {}).items():
+            opt.load_state_dict(optim_states[name])
+    if restore_rng:
+        set_rng_state(unflatten_state(meta["skeleton"]["rng"], tensors), generators)
+
+
+def _state_model(tensors: Mapping[str, Tensor], name: str) -> dict[str, Tensor]:
     """The state dict of model `name` inside a training state's tensors."""
     p = f"model.{name}."
     return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
-
-
-def state_optimizer(tensors: Mapping[str, Tensor], meta: Mapping[str, Any], name: str, path: str | Path) -> Any:
-    """The state dict of optimizer `name` inside a training state."""
-    skel = meta["skeleton"]["optimizers"]
-    if name not in skel:
-        raise CheckpointError(f"training state {path} has no optimizer {name!r}; it has {sorted(skel)}")
-    return unflatten_state(skel[name], tensors)
 
 
 def read_training_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

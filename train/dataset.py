@@ -75,7 +75,11 @@ def stats_path(root: str | Path) -> Path:
 
 def load_camera_stats(root: str | Path) -> CameraStats:
     """CameraStats saved by `compute_camera_stats`."""
-    d = json.loads(stats_path(root).read_text())
+    return _stats_from(json.loads(stats_path(root).read_text()))
+
+
+def _stats_from(d: dict) -> CameraStats:
+    """CameraStats from a parsed camera_stats.json (files from before `reference` existed: 'none')."""
     return CameraStats(mean=d["mean"], std=d["std"], reference=d.get("reference", "none"))
 
 
@@ -89,8 +93,9 @@ def camera_stats_for(root: str | Path, save: bool = True, reference: str = "rest
     if p.exists():
         d = json.loads(p.read_text())
         fresh = d.get("manifest_frames") == sum(r.frames for r in read_manifest(root, "train"))
-        if fresh and d.get("reference", "none") == reference:
-            return load_camera_stats(root)
+        stats = _stats_from(d)
+        if fresh and stats.reference == reference:
+            return stats
         log.warning("%s is stale (training split or camera reference changed); measuring again", p)
     return compute_camera_stats(root, save=save, reference=reference)
 

@@ -48,6 +48,15 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read tensors and meta; raises CheckpointError naming the file and what is wrong."""
+    return _read(path, device, tensors=True)
+
+
+def load_meta(path: str | Path) -> dict[str, Any]:
+    """Only the JSON metadata of a checkpoint (no tensors are read); same checks and errors."""
+    return _read(path, "cpu", tensors=False)[1]
+
+
+def _read(path: str | Path, device: str | torch.device, tensors: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -56,7 +65,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             header = f.metadata() or {}
-        tensors = load_file(str(path), device=str(device))
+        loaded = load_file(str(path), device=str(device)) if tensors else {}
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({os.path.getsize(path)} bytes): {e}"
@@ -67,7 +76,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         meta = json.loads(header.get("meta", "{}"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"checkpoint {path} has unreadable metadata: {e}") from e
-    return tensors, meta
+    return loaded, meta
 
 
 def load_state_strict(module: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:

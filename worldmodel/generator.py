@@ -46,8 +46,6 @@ class StreamingGenerator:
         self.device, self.dtype = ref.device, ref.dtype
         self.intrinsics, self.image_hw = intrinsics, image_hw
         self.camera_stats = camera_stats or CameraStats()
-        if cuda_graph and self.device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {self.device}")
         self.cache = model.new_cache(batch, self.latent_hw, window, 0 if context is None else context.shape[1],
                                      graph_safe=cuda_graph)
         if context is not None:

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,12 @@ from train.common import (
     MetricsLogger,
     NonFiniteLossError,
     check_finite,
-    load_training_state,
     previous_path,
     progress,
     read_training_state,
+    restore_training_state,
     save_training_state,
     seed_everything,
-    set_rng_state,
-    state_model,
-    state_optimizer,
-    unflatten_state,
 )
 from train.distributed import DistInfo, init_distributed
 from train.sharded_state import gather_states, scatter_states, unsharded_copy
@@ -43,7 +40,7 @@ from train.latents import load_frozen_vae
 from train.rollout import sample_rollout
 from train.stages.config import TrainConfig
 from train.stages.data import ClipStream
-from worldmodel.checkpoint import CheckpointError, load_checkpoint, save_world_model, subset
+from worldmodel.checkpoint import CheckpointError, load_checkpoint, load_meta, save_world_model, subset
 from worldmodel.config import CameraStats, DiTConfig, model_config
 from worldmodel.dit import WorldDiT
 from worldmodel.flow import consistency_grid
@@ -96,7 +93,7 @@ class Stage:
         # Later stages keep the camera normalisation the model was trained with, even if the data grew since.
         stats = None
         if cfg.stage.init:
-            saved = load_checkpoint(cfg.stage.init)[1].get("camera_stats")
+            saved = load_meta(cfg.stage.init).get("camera_stats")  # the weights are read by new_model
             stats = CameraStats(**saved) if saved else None
             if stats is not None and cfg.data.camera_reference not in (None, stats.reference):
                 log.warning("data.camera_reference=%s but %s was trained with %r: measuring new camera statistics",
@@ -208,19 +205,20 @@ class Stage:
         Rank 0 writes one file; under FSDP2 the ranks first gather full state dicts to it.
         """
         models, optimizers = gather_states(self.models, self.optimizers) if self.sharded else (self.models, self.optimizers)
-        per_rank = [(self.noise_gen.get_state(), self.stream.state())]
+        mine = (self.noise_gen.get_state(), self.stream.state())
+        per_rank = [mine]
         if self.dist.world_size > 1:
             per_rank = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(per_rank, (self.noise_gen.get_state(), self.stream.state()))
+            torch.distributed.all_gather_object(per_rank, mine)
         if self.dist.is_main:
             gens = {}
             for r, (noise, _) in enumerate(per_rank):
                 gens[self.noise_key(r)] = g = torch.Generator(self.device)
                 g.set_state(noise)
             save_training_state(self.state_path, self.step, models, optimizers, gens,
-                                extra={"data": per_rank[0][1], "data_ranks": [d for _, d in per_rank],
-                                       "world_size": self.dist.world_size, "sharded": self.sharded,
-                                       "stage": self.name, "config": dataclasses.asdict(self.cfg)})
+                                extra={"data_ranks": [d for _, d in per_rank], "world_size": self.dist.world_size,
+                                       "sharded": self.sharded, "stage": self.name,
+                                       "config": dataclasses.asdict(self.cfg)})
 
     def resume(self) -> None:
         """Load <run_dir>/state.safetensors (or its previous copy) when resuming."""
@@ -236,15 +234,12 @@ class Stage:
                     f"{self.state_path} was saved by {saved[0]} rank(s) with parallel.fsdp={saved[1]}; resume with "
                     f"the same torchrun --nproc_per_node and parallel.fsdp (this job: {self.dist.world_size}, "
                     f"{self.sharded}), or start a new run from its exported weights with stage.init")
-            gens = {self.noise_key(self.dist.rank): self.noise_gen}
-            if self.sharded:
-                scatter_states(self.models, self.optimizers, {n: state_model(tensors, n) for n in self.models},
-                               {n: state_optimizer(tensors, meta, n, self.state_path) for n in self.optimizers})
-                set_rng_state(unflatten_state(meta["skeleton"]["rng"], tensors), gens)
-                self.step = int(meta["step"])
-            else:
-                self.step, extra = load_training_state(self.state_path, self.models, self.optimizers, gens)
-            self.stream.load_state(extra.get("data_ranks", [extra["data"]])[self.dist.rank])
+            load_full = partial(scatter_states, self.models, self.optimizers) if self.sharded else None
+            restore_training_state(tensors, meta, self.state_path, self.models, self.optimizers,
+                                   {self.noise_key(self.dist.rank): self.noise_gen}, load_full=load_full)
+            self.step = int(meta["step"])
+            # States written before "data_ranks" existed hold one data position, "data".
+            self.stream.load_state(extra.get("data_ranks", [extra.get("data")])[self.dist.rank])
             if self.dist.is_main:
                 print(f"resumed {self.name} from {self.state_path} at step {self.step}")
 
