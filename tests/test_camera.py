@@ -134,3 +134,36 @@ def test_rest_reference_needs_intrinsics_and_floors_unseen_axes():
         cam.normalize_camera(maps, stats)
     with pytest.raises(ValueError, match="reference"):
         CameraStats(reference="moment")
+
+
+# ---- the recycled latent's warp grid (DiTConfig.recycle_warp) ------------------------------------
+
+K_WARP, HW_WARP, GRID_WARP = [64.0, 64.0, 63.5, 47.5], (96, 128), (12, 16)
+
+
+def test_warp_grid_at_rest_samples_each_cell_at_its_own_centre():
+    g = cam.rotation_warp_grid(np.eye(3), K_WARP, HW_WARP, GRID_WARP)
+    assert g.shape == (2, 12, 16) and g.dtype == np.float32
+    np.testing.assert_allclose(g[0, 0], (np.arange(16) + 0.5) / 16 * 2 - 1, atol=1e-6)
+    np.testing.assert_allclose(g[1, :, 0], (np.arange(12) + 0.5) / 12 * 2 - 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("yaw", [-0.12, 0.05, 0.2])
+def test_warp_grid_of_a_turn_looks_where_the_new_view_was_in_the_old_one(yaw):
+    """Turning right (+yaw about the down axis) brings in what was right of centre: the centre
+    ray samples the previous frame fx*tan(yaw) pixels to the right, on the same row."""
+    R = cam.step_rotation(np.array([0, 0, 0, 0, yaw, 0.0]), 4)
+    g = cam.rotation_warp_grid(R, K_WARP, HW_WARP, (HW_WARP[0], HW_WARP[1]))  # one cell per pixel
+    r, c = 47, 63  # the principal point's pixel (cx, cy) = (63.5, 47.5) lies between 63 and 64
+    x_px = (g[0, r, c] + 1) / 2 * HW_WARP[1] - 0.5
+    expect = 64.0 * np.tan(np.arctan((c - 63.5) / 64.0) + yaw) + 63.5
+    assert abs(x_px - expect) < 1e-3, (x_px, expect)
+    assert abs(g[1, r, c] - ((r + 0.5) / HW_WARP[0] * 2 - 1)) < 0.02
+
+
+def test_warp_grid_of_a_half_turn_points_outside_and_steps_compose():
+    R = cam.step_rotation(np.array([0, 0, 0, 0, np.pi, 0.0]), 4)
+    assert (cam.rotation_warp_grid(R, K_WARP, HW_WARP, GRID_WARP) == 2.0).all()  # everything was behind the camera
+    per_frame = np.tile([0, 0, 0, 0.01, 0.03, 0.0], (4, 1))
+    whole = np.linalg.multi_dot([Rotation.from_rotvec(a[3:]).as_matrix() for a in per_frame])
+    np.testing.assert_allclose(cam.step_rotation(per_frame, 4), whole, atol=1e-12)

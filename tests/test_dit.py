@@ -117,3 +117,38 @@ def test_bad_shapes_are_named():
         model(noisy[..., :5], rec[..., :5], cam[..., :5], t)
     with pytest.raises(ValueError, match="no context stream"):
         model(noisy, rec, cam, t, context=torch.zeros(B, 2, 8))
+
+
+# ---- recycle_warp: the recycled latent resampled by the camera's last two channels ---------------
+
+
+def _identity_grid(batch: int = B) -> torch.Tensor:
+    x = (torch.arange(W) + 0.5) / W * 2 - 1
+    y = (torch.arange(H) + 0.5) / H * 2 - 1
+    return torch.stack([x.expand(H, W), y[:, None].expand(H, W)])[None, None].expand(batch, F, 2, H, W)
+
+
+def test_warp_at_rest_is_plain_recycling_and_a_one_cell_shift_moves_the_recycled_latent():
+    plain = make_model()
+    warped = WorldDiT(model_config("tiny", dim=64, depth=2, heads=4, recycle_warp=True)).eval()
+    warped.load_state_dict(plain.state_dict())  # same weights: the grid channels have no projection
+    noisy, rec, cam, t, _ = inputs()
+    grid = _identity_grid()
+    with torch.no_grad():
+        torch.testing.assert_close(warped(noisy, rec, torch.cat([cam, grid], 2), t), plain(noisy, rec, cam, t))
+        shifted = grid.clone()
+        shifted[:, :, 0] += 2 / W  # every cell samples its right neighbour; the last column falls outside
+        moved = torch.cat([rec[..., 1:], torch.zeros_like(rec[..., :1])], -1)
+        torch.testing.assert_close(warped(noisy, rec, torch.cat([cam, shifted], 2), t), plain(noisy, moved, cam, t),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_warp_model_streams_like_its_parallel_forward_and_names_missing_grid_channels():
+    model = make_model(recycle_warp=True, window=2)
+    noisy, rec, cam, t, _ = inputs()
+    cam = torch.cat([cam, _identity_grid() + 0.1 * torch.randn(B, F, 2, H, W)], 2)
+    with torch.no_grad():
+        ref = model(noisy, rec, cam, t)
+    assert rel_err(stream(model, noisy, rec, cam, t, None), ref) <= 1e-4
+    with pytest.raises(ValueError, match=r"camera has shape .*expected \(B, F, 26, h, w\)"):
+        model(noisy, rec, cam[:, :, :24], t)

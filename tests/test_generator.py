@@ -103,3 +103,22 @@ def test_bad_first_latent_and_actions_raise():
     with pytest.raises(ValueError, match="streams"):
         gen.step(np.zeros((3, 6)))
     assert torch.isfinite(gen.step(np.zeros((2, 6)))).all()  # still usable
+
+
+def test_warp_generator_appends_the_step_rotation_grid_to_its_camera_channels():
+    """With recycle_warp the step's camera input ends with the grid of the step's whole rotation,
+    whether the action comes as one motion or as one motion per video frame."""
+    from worldmodel.camera import rotation_warp_grid, step_rotation
+
+    model = WorldDiT(model_config("tiny", dim=64, depth=2, heads=4, recycle_warp=True))
+    gen = StreamingGenerator(model, 2, LATENT, K, IMG, CameraStats())
+    one = np.array([[0, 0, 1.0, 0, 0.1, 0], [0, 0, 0, 0, -0.2, 0.01]])
+    per_frame = np.repeat(one[:, None] / 4, 4, axis=1)  # four quarter turns compose to the same rotation
+    for acts in (one, per_frame):
+        cam = gen.camera_maps(acts)
+        assert cam.shape == (2, model.cfg.camera_channels, *LATENT) and model.cfg.camera_channels == 26
+        for b in range(2):
+            want = rotation_warp_grid(step_rotation(one[b], 4), K, IMG, LATENT)
+            np.testing.assert_allclose(cam[b, -2:].numpy(), want, atol=2e-3)
+    gen.reset(first(2))
+    assert torch.isfinite(gen.step(one)).all()

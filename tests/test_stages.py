@@ -250,3 +250,28 @@ def test_action_bounds_of_unmoved_components_get_a_sliver_of_range():
 
     low, high = widen_bounds([-9.0, 0.0, -0.5], [9.0, 0.0, 26.0])
     assert low == [-9.0, -MIN_HALF_WIDTH, -0.5] and high == [9.0, MIN_HALF_WIDTH, 26.0]
+
+
+def test_recycle_warp_models_train_through_diffusion_and_distillation(tiny_root, tmp_path):
+    """The model flag reaches the data: batches carry the warp grid of their own step actions,
+    and a warp model trains, exports and initialises the next stage."""
+    from scipy.spatial.transform import Rotation
+
+    from worldmodel.camera import rotation_warp_grid
+    from worldmodel.checkpoint import load_meta
+
+    def cfg(name, tmp, **kw):
+        c = stage_config(tiny_root, tmp, name, steps=2, **kw)
+        return dataclasses.replace(c, model=ModelConf("tiny", {**SMALL, "window": 4, "recycle_warp": True}))
+
+    diff = build_stage(cfg("diffusion", tmp_path / "d"))
+    batch = diff.stream.next(0)
+    B, k = batch["actions"].shape[:2]
+    assert batch["camera"].shape[2] == 4 * 6 + 2
+    a, K = batch["actions"][1, -1].double().numpy(), batch["intrinsics"][1].numpy()
+    want = rotation_warp_grid(Rotation.from_rotvec(a[3:]).as_matrix(), K, (48, 64), (6, 8))
+    np.testing.assert_allclose(batch["camera"][1, -1, -2:].numpy(), want, atol=1e-6)
+    assert diff.run()["steps"] == 2
+    assert load_meta(tmp_path / "d" / "out.safetensors")["dit_config"]["recycle_warp"] is True
+    dist = build_stage(cfg("distill", tmp_path / "s", init=str(tmp_path / "d" / "out.safetensors")))
+    assert dist.run()["steps"] == 2

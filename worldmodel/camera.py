@@ -216,6 +216,37 @@ def pose_camera_maps(
     return maps.reshape(n // frames_per_step, frames_per_step * 6, *grid_hw)
 
 
+def step_rotation(action: np.ndarray, frames_per_step: int) -> np.ndarray:
+    """Rotation (3, 3) of the camera at the end of a step in the camera at its start (see `integrate`)."""
+    a = check_action(action)
+    if a.shape == (6,):
+        return Rotation.from_rotvec(a[3:]).as_matrix()
+    return np.linalg.multi_dot(list(step_frame_motions(a, frames_per_step)[:, :3, :3]))
+
+
+def rotation_warp_grid(
+    R: np.ndarray, intrinsics: Sequence[float], image_hw: tuple[int, int], grid_hw: tuple[int, int]
+) -> np.ndarray:
+    """Where each cell of a (h, w) grid over the new frame was in the previous frame, under rotation R alone.
+
+    R (..., 3, 3) is the new camera's rotation in the previous camera (an action's rotation).
+    Returns (..., 2, h, w): x then y in `torch.nn.functional.grid_sample` coordinates
+    (align_corners=False, -1 and 1 at the image's outer edges). A ray that turns behind the
+    previous camera gets 2, which samples as outside the image. Translation is ignored: it
+    needs depth, and the model fills in the parallax and the newly visible border itself.
+    """
+    fx, fy, cx, cy = np.asarray(intrinsics, dtype=np.float64)
+    H, W = image_hw
+    d = np.einsum("...ij,hwj->...hwi", np.asarray(R, np.float64), ray_directions(intrinsics, image_hw, grid_hw))
+    z = d[..., 2]
+    ahead = z > 1e-6
+    z = np.where(ahead, z, 1.0)
+    x = ((fx * d[..., 0] / z + cx) + 0.5) / W * 2 - 1
+    y = ((fy * d[..., 1] / z + cy) + 0.5) / H * 2 - 1
+    grid = np.stack([np.where(ahead, x, 2.0), np.where(ahead, y, 2.0)], axis=-3)
+    return np.clip(grid, -2.0, 2.0).astype(np.float32)
+
+
 def _from_reference(
     maps: np.ndarray, reference: str, intrinsics: Sequence[float] | None, image_hw: tuple[int, int] | None
 ) -> np.ndarray:

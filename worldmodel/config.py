@@ -54,6 +54,11 @@ class DiTConfig:
     """Recompute each block in backward (per-block activation checkpointing)."""
     camera_channels_per_frame: int = 6
     """Plücker channels per video frame: ray origin (3) + unit direction (3)."""
+    recycle_warp: bool = False
+    """Warp the recycled latent by the step's commanded rotation before the model sees it. The
+    camera input then carries 2 more channels, the sampling grid (`camera.rotation_warp_grid`),
+    after the Plücker ones. A departure from AAPT's plain recycling: a small model on little
+    compute learns to move the picture with the camera from it (docs/training.md)."""
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -73,9 +78,14 @@ class DiTConfig:
         return self.dim // self.heads
 
     @property
-    def camera_channels(self) -> int:
-        """Camera input channels per latent frame (Plücker of every video frame in the step)."""
+    def plucker_channels(self) -> int:
+        """Plücker channels per latent frame (every video frame in the step)."""
         return self.camera_channels_per_frame * self.frames_per_step
+
+    @property
+    def camera_channels(self) -> int:
+        """Camera input channels per latent frame: the Plücker maps, plus the warp grid with `recycle_warp`."""
+        return self.plucker_channels + (2 if self.recycle_warp else 0)
 
     @property
     def in_channels(self) -> int:

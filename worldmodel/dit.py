@@ -1,7 +1,8 @@
 """The block-causal MMDiT world model; the generator and the discriminator share this class.
 
 Per latent frame the input is the channel concat of the noisy latent, the recycled
-latent of the previous frame and the camera (Plücker) channels. Frames are patchified
+latent of the previous frame (with `recycle_warp`, first resampled by the step's rotation
+from the last two camera channels) and the camera (Plücker) channels. Frames are patchified
 into N tokens each; blocks are MMDiT (a video stream plus an optional context stream,
 joint attention, adaLN-Zero from the per-frame timestep). Attention is block causal
 over frames (attention.py); `forward` runs a whole clip in parallel (training) and
@@ -22,6 +23,17 @@ from worldmodel.attention import FrameLayout, block_causal_attention, cached_att
 from worldmodel.config import DiTConfig
 from worldmodel.kv_cache import KVCache
 from worldmodel.rope import Rope3D, apply_rotary, cos_sin
+
+
+def warp_recycled(recycled: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Resample recycled latents (B, F, C, h, w) at grid (B, F, 2, h, w) (`camera.rotation_warp_grid`).
+
+    Outside the previous frame the latent is zero: the model sees plainly what it must fill in.
+    """
+    B, Fr = recycled.shape[:2]
+    g = rearrange(grid.to(recycled.dtype), "b f c h w -> (b f) h w c")
+    out = F.grid_sample(recycled.flatten(0, 1), g, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.unflatten(0, (B, Fr))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -218,7 +230,7 @@ class WorldDiT(nn.Module):
         self.latent_proj = nn.Linear(2 * C * p * p, D)
         # Camera channels get their own randomly initialised projection (not zeroed): the
         # paper finds random init adapts to the new input much faster.
-        self.camera_proj = nn.Linear(cfg.camera_channels * p * p, D)
+        self.camera_proj = nn.Linear(cfg.plucker_channels * p * p, D)
         self.t_embed = TimestepEmbedder(D)
         self.context_proj = nn.Linear(cfg.context_dim, D) if cfg.context_dim else None
         self.blocks = nn.ModuleList(MMDiTBlock(cfg) for _ in range(cfg.depth))
@@ -259,6 +271,8 @@ class WorldDiT(nn.Module):
                             ("camera", camera, cfg.camera_channels)):
             if x.ndim != 5 or x.shape[2] != ch:
                 raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (B, F, {ch}, h, w)")
+        if cfg.recycle_warp:
+            recycled, camera = warp_recycled(recycled, camera[:, :, -2:]), camera[:, :, :-2]
         p = cfg.patch_size
         lat = rearrange(torch.cat([noisy, recycled], 2), "b f c (h p) (w q) -> b f (h w) (c p q)", p=p, q=p)
         cam = rearrange(camera, "b f c (h p) (w q) -> b f (h w) (c p q)", p=p, q=p)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from worldmodel.camera import action_camera_maps, normalize_camera
+from worldmodel.camera import action_camera_maps, normalize_camera, rotation_warp_grid, step_rotation
 from worldmodel.config import CameraStats
 from worldmodel.cuda_graph import GraphedStep
 from worldmodel.dit import WorldDiT
@@ -91,6 +91,9 @@ class StreamingGenerator:
             for a in actions
         ])
         maps = normalize_camera(maps, self.camera_stats, self.intrinsics, self.image_hw)
+        if self.cfg.recycle_warp:
+            R = np.stack([step_rotation(a, self.cfg.frames_per_step) for a in actions])
+            maps = np.concatenate([maps, rotation_warp_grid(R, self.intrinsics, self.image_hw, self.latent_hw)], 1)
         return torch.from_numpy(maps).to(self.device, self.dtype)
 
     @torch.no_grad()

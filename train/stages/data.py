@@ -1,7 +1,8 @@
 """Resumable batches of encoded training clips that follow the curriculum.
 
 A batch is a dict: `latents` (B, 1+k, C, h, w) normalised VAE latents, `camera`
-(B, k, Cc, h, w) normalised Plücker maps of the k steps between them, `actions` (B, k, 6),
+(B, k, Cc, h, w) normalised Plücker maps of the k steps between them (plus the recycled
+latent's warp grid when the model has `recycle_warp`), `actions` (B, k, 6),
 `intrinsics` (B, 4), `keys` (dataset keys). The stream's position (curriculum phase, epoch,
 batch index, extra-clip RNG) is a small JSON dict stored in the training state, so a resumed
 run sees exactly the batches an uninterrupted one would.
@@ -15,11 +16,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from train.dataset import BucketBatchSampler, ClipDataset, DatasetConfig
+from scipy.spatial.transform import Rotation
+
+from train.dataset import LATENT_STRIDE, BucketBatchSampler, ClipDataset, DatasetConfig
 from train.latents import encode_clips
 from train.stages.config import CurriculumPhase, DataConf
+from worldmodel.camera import rotation_warp_grid
 from worldmodel.config import CameraStats
 from worldmodel.vae import CausalVAE
+
+
+def warp_grids(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Recycled-latent warp grids (B, k, 2, h, w) of a batch's step actions (B, k, 6) and intrinsics (B, 4)."""
+    h, w = batch["latents"].shape[-2:]
+    image_hw = (h * LATENT_STRIDE, w * LATENT_STRIDE)
+    grids = [rotation_warp_grid(Rotation.from_rotvec(a[:, 3:].double().cpu().numpy()).as_matrix(), K.cpu().numpy(),
+                                image_hw, (h, w))
+             for a, K in zip(batch["actions"], batch["intrinsics"], strict=True)]
+    return torch.from_numpy(np.stack(grids))
 
 
 class ClipStream:
@@ -28,13 +42,14 @@ class ClipStream:
     def __init__(
         self, cfg: DataConf, vae: CausalVAE, frames_per_step: int, seed: int, device: torch.device,
         stats: CameraStats | None = None, rank: int = 0, world_size: int = 1, split: str = "train",
+        warp: bool = False,
     ) -> None:
         phases = sorted(cfg.curriculum, key=lambda p: p.start_step)
         if not phases or phases[0].start_step != 0:
             raise ValueError("data.curriculum needs a phase with start_step=0")
         self.cfg, self.phases, self.vae, self.seed, self.device = cfg, phases, vae, seed, device
         self.fps, self.rank, self.world_size, self.split = frames_per_step, rank, world_size, split
-        self.stats = stats
+        self.stats, self.warp = stats, warp  # warp: append the recycled latent's warp grid (DiTConfig.recycle_warp)
         self._datasets: dict[int, ClipDataset] = {}
         self._cache: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
         self.phase, self.epoch, self.index = 0, 0, 0
@@ -81,6 +96,8 @@ class ClipStream:
         while len(self._cache) > self.cfg.latent_cache:
             self._cache.popitem(last=False)
         out = {n: torch.stack([r[n] for r in rows]).to(self.device) for n in rows[0]}
+        if self.warp:
+            out["camera"] = torch.cat([out["camera"], warp_grids(out).to(self.device)], 2)
         out["keys"] = list(keys)
         return out
 

@@ -100,7 +100,8 @@ class Stage:
                             cfg.data.camera_reference, cfg.stage.init, stats.reference)
                 stats = None
         self.stream = ClipStream(cfg.data, self.vae, self.model_cfg.frames_per_step, cfg.seed, self.device,
-                                 stats=stats, rank=self.data_rank, world_size=self.data_world)
+                                 stats=stats, rank=self.data_rank, world_size=self.data_world,
+                                 warp=self.model_cfg.recycle_warp)
         self.camera_stats = self.stream.dataset(0).stats
         # Noise and timesteps differ per rank; the global RNG (model init) does not.
         self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed * 1009 + self.data_rank)
@@ -250,7 +251,7 @@ class Stage:
         for split in ("val", "train"):
             try:
                 s = ClipStream(self.cfg.data, self.vae, self.model_cfg.frames_per_step, 0, self.device,
-                               stats=self.camera_stats, split=split)
+                               stats=self.camera_stats, split=split, warp=self.model_cfg.recycle_warp)
                 ds = s.dataset(0)
             except ValueError:
                 continue
