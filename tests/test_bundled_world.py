@@ -47,7 +47,7 @@ def test_viewer_runs_with_no_checkpoint_argument(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluation_runs_on_the_bundled_world_and_a_1440_frame_rollout_does_not_collapse(tmp_path):
+def test_evaluation_runs_on_the_bundled_world_which_turns_with_the_camera_and_does_not_collapse(tmp_path):
     out = tmp_path / "eval.json"
     cmd = [sys.executable, "-m", "train.eval", "--quick", "--long-steps", "360", "--json", str(out),
            "--report", str(tmp_path / "report"), "--threads", "1"]
@@ -59,6 +59,11 @@ def test_evaluation_runs_on_the_bundled_world_and_a_1440_frame_rollout_does_not_
     assert (tmp_path / "report" / "index.html").exists()
     for name in ("model", "repeat_last_frame", "camera_zeroed", "camera_shuffled"):
         assert name in res["methods"], name
+    # The shipped world turns with the camera (the first bundled world did not: yaw gain 0.02),
+    # and its rollouts stay closer to the engine with the true cameras than with none.
+    m, zeroed = res["methods"]["model"], res["methods"]["camera_zeroed"]
+    assert m["camera"]["yaw_gain"] > 0.1 + abs(zeroed["camera"]["yaw_gain"]), m["camera"]
+    assert m["autoregressive"]["psnr"]["16"] > zeroed["autoregressive"]["psnr"]["16"]
 
 
 def test_bundle_ships_a_stage_generator_with_its_camera_stats(tmp_path):

@@ -82,6 +82,8 @@ def test_quick_eval_end_to_end_on_a_random_world(tmp_path):
         assert m["teacher_forced"]["psnr"] is not None and m["teacher_forced"]["ssim"] is not None
     # The repeat baseline's frames never move: every estimate is 'static' (identity), never a success at turning.
     assert set(r["methods"]["repeat_last_frame"]["camera"]["kinds"]) == {"static"}
+    # The estimator also scores the VAE's decoding of the real latents (what a perfect transformer would get).
+    assert len(r["vae_reconstruction"]["camera"]["rot_err_deg_per_step"]) == 4
     assert r["data"]["wad"] == "freedoom2" and all(t["map"] >= "MAP25" for t in r["data"]["trajectories"])
     assert r["long_run"]["frames"] == 64 and isinstance(r["long_run"]["collapsed"], bool)
     for f in ("index.html", "psnr_vs_step.png", "rot_err_per_step.png", "long_run_stats.png",

@@ -48,7 +48,9 @@ def eval_summary(results: dict[str, Any]) -> dict[str, Any]:
         }
     real = results.get("real_engine_camera", {})
     out["real_engine_frames"] = {k: real.get(k) for k in ("rot_err_deg", "success_share", "yaw_gain")}
-    out["vae_reconstruction"] = results.get("vae_reconstruction")
+    vae = results.get("vae_reconstruction") or {}
+    out["vae_reconstruction"] = {k: vae.get(k) for k in ("psnr", "ssim")}
+    out["vae_reconstruction_frames"] = {k: vae.get("camera", {}).get(k) for k in ("rot_err_deg", "success_share", "yaw_gain")}
     out["long_run_collapsed"] = results.get("long_run", {}).get("collapsed")
     out["long_run_frames"] = results.get("long_run", {}).get("frames")
     cfg = results.get("config", {})
