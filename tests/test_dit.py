@@ -128,9 +128,10 @@ def _identity_grid(batch: int = B) -> torch.Tensor:
     return torch.stack([x.expand(H, W), y[:, None].expand(H, W)])[None, None].expand(batch, F, 2, H, W)
 
 
-def test_warp_at_rest_is_plain_recycling_and_a_one_cell_shift_moves_the_recycled_latent():
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_warp_at_rest_is_plain_recycling_and_a_one_cell_shift_moves_the_recycled_latent(mode):
     plain = make_model()
-    warped = WorldDiT(model_config("tiny", dim=64, depth=2, heads=4, recycle_warp=True)).eval()
+    warped = WorldDiT(model_config("tiny", dim=64, depth=2, heads=4, recycle_warp=True, warp_mode=mode)).eval()
     warped.load_state_dict(plain.state_dict())  # same weights: the grid channels have no projection
     noisy, rec, cam, t, _ = inputs()
     grid = _identity_grid()
@@ -152,3 +153,5 @@ def test_warp_model_streams_like_its_parallel_forward_and_names_missing_grid_cha
     assert rel_err(stream(model, noisy, rec, cam, t, None), ref) <= 1e-4
     with pytest.raises(ValueError, match=r"camera has shape .*expected \(B, F, 26, h, w\)"):
         model(noisy, rec, cam[:, :, :24], t)
+    with pytest.raises(ValueError, match="warp_mode='nearest'"):
+        model_config("tiny", recycle_warp=True, warp_mode="nearest")

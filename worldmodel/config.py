@@ -59,6 +59,9 @@ class DiTConfig:
     camera input then carries 2 more channels, the sampling grid (`camera.rotation_warp_grid`),
     after the Plücker ones. A departure from AAPT's plain recycling: a small model on little
     compute learns to move the picture with the camera from it (docs/training.md)."""
+    warp_mode: str = "bilinear"
+    """Interpolation of the recycled-latent warp: 'bilinear' or 'bicubic' (keeps more detail
+    when a rollout resamples its own output step after step)."""
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -69,6 +72,8 @@ class DiTConfig:
             raise ValueError(
                 f"attention_backend={self.attention_backend!r}; expected 'auto', 'sdpa', 'flex' or 'flash'"
             )
+        if self.warp_mode not in ("bilinear", "bicubic"):
+            raise ValueError(f"warp_mode={self.warp_mode!r}; expected 'bilinear' or 'bicubic'")
         if self.window < 1:
             raise ValueError(f"window={self.window} must be >= 1")
         self.rope_ref_grid = tuple(self.rope_ref_grid)  # hydra hands lists

@@ -25,14 +25,14 @@ from worldmodel.kv_cache import KVCache
 from worldmodel.rope import Rope3D, apply_rotary, cos_sin
 
 
-def warp_recycled(recycled: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+def warp_recycled(recycled: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Resample recycled latents (B, F, C, h, w) at grid (B, F, 2, h, w) (`camera.rotation_warp_grid`).
 
     Outside the previous frame the latent is zero: the model sees plainly what it must fill in.
     """
     B, Fr = recycled.shape[:2]
     g = rearrange(grid.to(recycled.dtype), "b f c h w -> (b f) h w c")
-    out = F.grid_sample(recycled.flatten(0, 1), g, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = F.grid_sample(recycled.flatten(0, 1), g, mode=mode, padding_mode="zeros", align_corners=False)
     return out.unflatten(0, (B, Fr))
 
 
@@ -272,7 +272,7 @@ class WorldDiT(nn.Module):
             if x.ndim != 5 or x.shape[2] != ch:
                 raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (B, F, {ch}, h, w)")
         if cfg.recycle_warp:
-            recycled, camera = warp_recycled(recycled, camera[:, :, -2:]), camera[:, :, :-2]
+            recycled, camera = warp_recycled(recycled, camera[:, :, -2:], cfg.warp_mode), camera[:, :, :-2]
         p = cfg.patch_size
         lat = rearrange(torch.cat([noisy, recycled], 2), "b f c (h p) (w q) -> b f (h w) (c p q)", p=p, q=p)
         cam = rearrange(camera, "b f c (h p) (w q) -> b f (h w) (c p q)", p=p, q=p)
