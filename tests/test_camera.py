@@ -152,7 +152,7 @@ def test_warp_grid_at_rest_samples_each_cell_at_its_own_centre():
 def test_warp_grid_of_a_turn_looks_where_the_new_view_was_in_the_old_one(yaw):
     """Turning right (+yaw about the down axis) brings in what was right of centre: the centre
     ray samples the previous frame fx*tan(yaw) pixels to the right, on the same row."""
-    R = cam.step_rotation(np.array([0, 0, 0, 0, yaw, 0.0]), 4)
+    R = cam.step_rotation(np.array([0, 0, 0, 0, yaw, 0.0]))
     g = cam.rotation_warp_grid(R, K_WARP, HW_WARP, (HW_WARP[0], HW_WARP[1]))  # one cell per pixel
     r, c = 47, 63  # the principal point's pixel (cx, cy) = (63.5, 47.5) lies between 63 and 64
     x_px = (g[0, r, c] + 1) / 2 * HW_WARP[1] - 0.5
@@ -162,8 +162,8 @@ def test_warp_grid_of_a_turn_looks_where_the_new_view_was_in_the_old_one(yaw):
 
 
 def test_warp_grid_of_a_half_turn_points_outside_and_steps_compose():
-    R = cam.step_rotation(np.array([0, 0, 0, 0, np.pi, 0.0]), 4)
+    R = cam.step_rotation(np.array([0, 0, 0, 0, np.pi, 0.0]))
     assert (cam.rotation_warp_grid(R, K_WARP, HW_WARP, GRID_WARP) == 2.0).all()  # everything was behind the camera
     per_frame = np.tile([0, 0, 0, 0.01, 0.03, 0.0], (4, 1))
     whole = np.linalg.multi_dot([Rotation.from_rotvec(a[3:]).as_matrix() for a in per_frame])
-    np.testing.assert_allclose(cam.step_rotation(per_frame, 4), whole, atol=1e-12)
+    np.testing.assert_allclose(cam.step_rotation(per_frame), whole, atol=1e-12)

@@ -118,7 +118,7 @@ def test_warp_generator_appends_the_step_rotation_grid_to_its_camera_channels():
         cam = gen.camera_maps(acts)
         assert cam.shape == (2, model.cfg.camera_channels, *LATENT) and model.cfg.camera_channels == 26
         for b in range(2):
-            want = rotation_warp_grid(step_rotation(one[b], 4), K, IMG, LATENT)
+            want = rotation_warp_grid(step_rotation(one[b]), K, IMG, LATENT)
             np.testing.assert_allclose(cam[b, -2:].numpy(), want, atol=2e-3)
     gen.reset(first(2))
     assert torch.isfinite(gen.step(one)).all()

@@ -216,12 +216,10 @@ def pose_camera_maps(
     return maps.reshape(n // frames_per_step, frames_per_step * 6, *grid_hw)
 
 
-def step_rotation(action: np.ndarray, frames_per_step: int) -> np.ndarray:
-    """Rotation (3, 3) of the camera at the end of a step in the camera at its start (see `integrate`)."""
-    a = check_action(action)
-    if a.shape == (6,):
-        return Rotation.from_rotvec(a[3:]).as_matrix()
-    return np.linalg.multi_dot(list(step_frame_motions(a, frames_per_step)[:, :3, :3]))
+def step_rotation(action: np.ndarray) -> np.ndarray:
+    """Rotation (3, 3) of the camera at the end of a step in the camera at its start: one action (6,)
+    or one per video frame (n, 6), composed as `integrate` does."""
+    return integrate(np.eye(4), action)[:3, :3]
 
 
 def rotation_warp_grid(

@@ -92,7 +92,7 @@ class StreamingGenerator:
         ])
         maps = normalize_camera(maps, self.camera_stats, self.intrinsics, self.image_hw)
         if self.cfg.recycle_warp:
-            R = np.stack([step_rotation(a, self.cfg.frames_per_step) for a in actions])
+            R = np.stack([step_rotation(a) for a in actions])
             maps = np.concatenate([maps, rotation_warp_grid(R, self.intrinsics, self.image_hw, self.latent_hw)], 1)
         return torch.from_numpy(maps).to(self.device, self.dtype)
 

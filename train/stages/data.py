@@ -16,12 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from scipy.spatial.transform import Rotation
-
 from train.dataset import LATENT_STRIDE, BucketBatchSampler, ClipDataset, DatasetConfig
 from train.latents import encode_clips
 from train.stages.config import CurriculumPhase, DataConf
-from worldmodel.camera import rotation_warp_grid
+from worldmodel.camera import action_to_pose, rotation_warp_grid
 from worldmodel.config import CameraStats
 from worldmodel.vae import CausalVAE
 
@@ -30,8 +28,7 @@ def warp_grids(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Recycled-latent warp grids (B, k, 2, h, w) of a batch's step actions (B, k, 6) and intrinsics (B, 4)."""
     h, w = batch["latents"].shape[-2:]
     image_hw = (h * LATENT_STRIDE, w * LATENT_STRIDE)
-    grids = [rotation_warp_grid(Rotation.from_rotvec(a[:, 3:].double().cpu().numpy()).as_matrix(), K.cpu().numpy(),
-                                image_hw, (h, w))
+    grids = [rotation_warp_grid(action_to_pose(a.double().cpu().numpy())[:, :3, :3], K.cpu().numpy(), image_hw, (h, w))
              for a, K in zip(batch["actions"], batch["intrinsics"], strict=True)]
     return torch.from_numpy(np.stack(grids))
 
