@@ -96,3 +96,31 @@ def test_bundle_ships_a_stage_generator_with_its_camera_stats(tmp_path):
     with pytest.raises(ValueError, match="discriminator"):
         bundle(["--world", str(tmp_path / "world.safetensors"), "--generator", str(tmp_path / "disc.safetensors"),
                 "--out", str(tmp_path / "x.safetensors"), "--card-md", str(tmp_path / "x.md")])
+
+
+def test_bundle_ships_a_retrained_light_decoder_but_refuses_another_latent_space(tmp_path):
+    """`--vae` swaps the decoders only: a VAE with the world's encoder ships; one with another encoder
+    (which would decode a different latent space) is refused, naming the file."""
+    import torch
+
+    from test_world_env import build_world
+    from train.bundle import main as bundle
+    from worldmodel.vae import save_vae
+
+    build_world(tmp_path / "world.safetensors")
+    vae = World.load(tmp_path / "world.safetensors").vae
+    with torch.no_grad():
+        for p in vae.light_decoder.parameters():
+            p.add_(0.01)
+    save_vae(tmp_path / "vae.safetensors", vae)
+    out = tmp_path / "shipped.safetensors"
+    args = ["--world", str(tmp_path / "world.safetensors"), "--out", str(out), "--card-md", str(tmp_path / "card.md")]
+    bundle(args + ["--vae", str(tmp_path / "vae.safetensors")])
+    shipped = World.load(out).vae.state_dict()
+    for k, v in vae.state_dict().items():
+        torch.testing.assert_close(shipped[k], v, atol=2e-3, rtol=1e-3)  # stored as fp16
+    with torch.no_grad():
+        next(vae.encoder.parameters()).add_(0.1)
+    save_vae(tmp_path / "other.safetensors", vae)
+    with pytest.raises(ValueError, match="other.safetensors has a different encoder"):
+        bundle(args + ["--vae", str(tmp_path / "other.safetensors")])

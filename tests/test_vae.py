@@ -286,6 +286,48 @@ def test_light_phase_trains_only_the_light_decoder(doom_root, tmp_path):
     assert "psnr_full" in out and "psnr_light" in out and out["val_maps"] == ["freedoom2:MAP25"]
 
 
+def test_adversarial_light_phase_trains_against_a_discriminator_and_resumes_exactly(doom_root, tmp_path):
+    """Guards the adversarial light phase: only the light decoder changes, the discriminator learns and is
+    saved with the training state, so 4 steps straight == 2 steps, stop, resume, 2 more (bitwise)."""
+    import json
+
+    from train.vae import train_vae
+
+    train_vae(small_train_cfg(doom_root, tmp_path, steps=2))
+    before = load_vae(tmp_path / "vae.safetensors").state_dict()
+    adv = dict(phase="light", init=str(tmp_path / "vae.safetensors"), adv_weight=0.5, distill_weight=0.0,
+               disc_channels=8, lr=1e-2, disc_lr=1e-2)
+    train_vae(small_train_cfg(doom_root, tmp_path / "a", **adv))
+    half = small_train_cfg(doom_root, tmp_path / "b", stop_after=2, **adv)
+    assert train_vae(half)["stopped_early"]
+    train_vae(dataclasses.replace(half, stop_after=0, resume=True))
+    a, b = (load_vae(tmp_path / d / "vae.safetensors").state_dict() for d in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    for k in before:
+        assert torch.equal(before[k], a[k]) != k.startswith("light_decoder."), k
+    rows = [json.loads(r) for r in (tmp_path / "a" / "run" / "light" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "adv" in r]
+    assert len(rows) == 4 and all(r["d_r1"] > 0 and "distill" not in r for r in rows), rows[0]
+
+
+def test_patch_discriminator_scores_patches_and_checks_its_input():
+    from train.vae_disc import PatchDiscriminator
+
+    d = PatchDiscriminator(channels=8, downsamples=2)
+    assert d(torch.zeros(3, 3, 48, 64)).shape == (3, 12 * 16)  # one logit per patch, 4x coarser
+    with pytest.raises(ValueError, match=r"\(2, 1, 48, 64\).*expected \(N, 3, H, W\)"):
+        d(torch.zeros(2, 1, 48, 64))
+
+
+def test_adversarial_weight_is_checked(doom_root, tmp_path):
+    from train.vae import train_vae
+
+    with pytest.raises(ValueError, match="phase=light only"):
+        train_vae(small_train_cfg(doom_root, tmp_path, adv_weight=0.1))
+    with pytest.raises(ValueError, match="adv_weight=-1.0 must be >= 0"):
+        train_vae(small_train_cfg(doom_root, tmp_path, phase="light", adv_weight=-1.0))
+
+
 def test_nan_loss_stops_and_keeps_last_good_state(doom_root, tmp_path, monkeypatch):
     """Guards the NaN guard: a NaN at step 3 raises naming the step; the step-2 state is left intact."""
     import train.vae as tv
@@ -294,12 +336,12 @@ def test_nan_loss_stops_and_keeps_last_good_state(doom_root, tmp_path, monkeypat
     real = tv.train_step
     calls = {"n": 0}
 
-    def poisoned(vae, x, cfg):
+    def poisoned(vae, x, cfg, disc=None):
         calls["n"] += 1
-        losses = real(vae, x, cfg)
+        losses, pred = real(vae, x, cfg, disc)
         if calls["n"] == 3:
             losses["loss"] = losses["loss"] * float("nan")
-        return losses
+        return losses, pred
 
     monkeypatch.setattr(tv, "train_step", poisoned)
     cfg = small_train_cfg(doom_root, tmp_path)

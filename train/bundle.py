@@ -19,6 +19,7 @@ import torch
 from train.stages.adversarial import widen_bounds
 from worldmodel.checkpoint import load_world_model
 from worldmodel.config import config_to_dict
+from worldmodel.vae import load_vae
 from worldmodel.world import BUNDLED, World
 
 
@@ -69,12 +70,37 @@ def with_generator(world: World, path: str) -> World:
     return World(dit, world.vae, world.meta, stats, world.start_frames, world.light_decoder)
 
 
+def with_vae(world: World, path: str) -> World:
+    """`world` with the VAE at `path` (e.g. a retrained light decoder); its encoder must be the world's.
+
+    The generator was trained on the world's latents, so only the decoders may change: a VAE
+    whose encoder weights or latent statistics differ would decode a different latent space.
+    """
+    vae = load_vae(path)
+    old = world.vae
+    mine, theirs = old.encoder.state_dict(), vae.encoder.state_dict()
+    same = mine.keys() == theirs.keys() and all(
+        mine[k].shape == theirs[k].shape and torch.allclose(mine[k].float(), theirs[k].float(), rtol=1e-3, atol=1e-4)
+        for k in mine
+    )
+    same = same and all(torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4)
+                        for a, b in ((old.latent_mean, vae.latent_mean), (old.latent_std, vae.latent_std)))
+    if not same:
+        raise ValueError(f"{path} has a different encoder or latent statistics than the world's VAE; "
+                         f"only a VAE retrained from the world's (python -m train.vae phase=light init=...) can replace it")
+    world.meta.card = {**world.meta.card, "vae": path}
+    return World(world.dit, vae.to(world.device), world.meta, world.camera_stats, world.start_frames, world.light_decoder)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", required=True, help="world file exported by the adversarial stage")
     p.add_argument("--generator", default=None,
                    help="ship this stage checkpoint's generator and camera stats instead of the world's "
                         "(e.g. the distilled one); the world file still gives the VAE, bounds and start frames")
+    p.add_argument("--vae", default=None,
+                   help="ship this VAE instead of the world's (same encoder: e.g. a light decoder retrained "
+                        "with python -m train.vae phase=light)")
     p.add_argument("--eval", default=None, help="JSON written by python -m train.eval on this world")
     p.add_argument("--card", default=None, help="JSON file with extra card fields (training commands, data size, wall times)")
     p.add_argument("--out", default=str(BUNDLED), help=f"where to write the shipped world (default {BUNDLED})")
@@ -85,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     world = World.load(args.world)
     if args.generator:
         world = with_generator(world, args.generator)
+    if args.vae:
+        world = with_vae(world, args.vae)
     card = dict(world.meta.card)
     card.update({
         "source": "doom", "wad": "freedoom2", "map": "MAP25", "resolution": "256x192", "fps": 35,

@@ -42,7 +42,9 @@ from train.common import (
     save_training_state,
     seed_everything,
 )
+from train.losses import approx_r_penalty, discriminator_loss, generator_loss
 from train.shards import read_manifest, read_shard, write_manifest, write_shard, ShardInfo
+from train.vae_disc import PatchDiscriminator
 from worldmodel.vae import CausalVAE, load_vae, save_vae, vae_config
 
 
@@ -64,8 +66,9 @@ class TrainVAEConfig:
     """Frame height after resizing."""
     width: int = 128
     """Frame width after resizing."""
-    clip_frames: int = 5
-    """Video frames per training clip (1 + 4k)."""
+    clip_frames: int = 13
+    """Video frames per training clip (1 + 4k). At least 9, so the causal convs see a real 4-frame latent in
+    their past, as they do when streaming (with 5 they only ever see the single-image first latent)."""
     crop_h: int = 48
     """Training crop height (multiple of the VAE's spatial factor; <= height)."""
     crop_w: int = 64
@@ -90,6 +93,19 @@ class TrainVAEConfig:
     """Light phase: weight of matching the full decoder's output."""
     gt_weight: float = 0.5
     """Light phase: weight of matching the ground-truth frames."""
+    adv_weight: float = 0.0
+    """Light phase: weight of a patch discriminator's relativistic loss on the decoded frames (0 = off).
+    Sharpens the textures that L1/MSE average away (train/vae_disc.py); the latent space is untouched."""
+    disc_channels: int = 32
+    """Light phase, adv_weight > 0: width of the patch discriminator's first layer."""
+    disc_downsamples: int = 2
+    """Light phase, adv_weight > 0: stride-2 layers of the discriminator (patch size 7 * 2**n pixels)."""
+    disc_lr: float = 2e-4
+    """Light phase, adv_weight > 0: discriminator AdamW learning rate (constant)."""
+    disc_r_sigma: float = 0.05
+    """Light phase, adv_weight > 0: pixel noise of the approximate R1/R2 penalties."""
+    disc_r_weight: float = 100.0
+    """Light phase, adv_weight > 0: weight of the approximate R1/R2 penalties (0 = off)."""
     max_train_frames: int = 12000
     """Cap on training frames held in memory (shards are taken in manifest order, evenly thinned)."""
     eval_frames: int = 9
@@ -300,6 +316,17 @@ def build(cfg: TrainVAEConfig) -> tuple[CausalVAE, list[torch.nn.Parameter]]:
     return vae, params
 
 
+def build_disc(cfg: TrainVAEConfig) -> PatchDiscriminator | None:
+    """The light phase's patch discriminator when adv_weight > 0, else None."""
+    if cfg.adv_weight < 0:
+        raise ValueError(f"adv_weight={cfg.adv_weight} must be >= 0")
+    if not cfg.adv_weight:
+        return None
+    if cfg.phase != "light":
+        raise ValueError(f"adv_weight={cfg.adv_weight} applies to phase=light only (got phase={cfg.phase!r})")
+    return PatchDiscriminator(cfg.disc_channels, cfg.disc_downsamples).train()
+
+
 LIGHT_FIELDS = ("name", "light_decoder_channels", "light_decoder_blocks")
 
 
@@ -325,22 +352,46 @@ def light_phase_vae(cfg: TrainVAEConfig) -> CausalVAE:
     return vae
 
 
-def train_step(vae: CausalVAE, x: Tensor, cfg: TrainVAEConfig) -> dict[str, Tensor]:
-    """Losses of one batch of clips x (B, T, 3, h, w); 'loss' is what gets minimised."""
+def train_step(
+    vae: CausalVAE, x: Tensor, cfg: TrainVAEConfig, disc: PatchDiscriminator | None = None
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Losses of one batch of clips x (B, T, 3, h, w) and the decoded clips; 'loss' is what gets minimised."""
     if cfg.phase == "recon":
         mean, logvar = vae.encode_posterior(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()  # reparameterised sample
-        rec = recon_loss(vae.decode_raw(z), x, cfg.mse_weight)
+        pred = vae.decode_raw(z)
+        rec = recon_loss(pred, x, cfg.mse_weight)
         kl = kl_loss(mean, logvar)
-        return {"loss": rec + cfg.kl_weight * kl, "recon": rec, "kl": kl}
+        return {"loss": rec + cfg.kl_weight * kl, "recon": rec, "kl": kl}, pred
     with torch.no_grad():
         mean, logvar = vae.encode_posterior(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        target = vae.decode_raw(z)
+        target = vae.decode_raw(z) if cfg.distill_weight else None
     pred = vae.decode_raw(z, light=True)
-    distill = recon_loss(pred, target, cfg.mse_weight)
     gt = recon_loss(pred, x, cfg.mse_weight)
-    return {"loss": cfg.distill_weight * distill + cfg.gt_weight * gt, "distill": distill, "gt": gt}
+    losses = {"gt": gt, "loss": cfg.gt_weight * gt}
+    if target is not None:
+        losses["distill"] = recon_loss(pred, target, cfg.mse_weight)
+        losses["loss"] = losses["loss"] + cfg.distill_weight * losses["distill"]
+    if disc is not None:
+        with torch.no_grad():
+            real = disc(x.flatten(0, 1))
+        losses["adv"] = generator_loss(disc(pred.flatten(0, 1)), real)
+        losses["loss"] = losses["loss"] + cfg.adv_weight * losses["adv"]
+    return losses, pred
+
+
+def disc_step(disc: PatchDiscriminator, fake: Tensor, real: Tensor, cfg: TrainVAEConfig, gen: torch.Generator) -> dict[str, Tensor]:
+    """Discriminator losses on decoded (fake) and true (real) clips (B, T, 3, h, w); 'd_loss' is minimised."""
+    fake, real = fake.detach().flatten(0, 1), real.flatten(0, 1)
+    l_fake, l_real = disc(fake), disc(real)
+    out = {"d_adv": discriminator_loss(l_fake, l_real)}
+    out["d_loss"] = out["d_adv"]
+    if cfg.disc_r_weight:
+        out["d_r1"] = approx_r_penalty(disc, real, l_real, cfg.disc_r_sigma, cfg.disc_r_weight, gen)
+        out["d_r2"] = approx_r_penalty(disc, fake, l_fake, cfg.disc_r_sigma, cfg.disc_r_weight, gen)
+        out["d_loss"] = out["d_loss"] + out["d_r1"] + out["d_r2"]
+    return out
 
 
 def stop_on_sigterm() -> None:
@@ -363,6 +414,7 @@ def train_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     run = Path(cfg.run_dir) / cfg.phase
     state_path = run / "state.safetensors"
+    disc = build_disc(cfg)  # checks the adversarial options before anything is loaded
     vae, params = build(cfg)
     for s, n in (("crop_h", cfg.crop_h), ("crop_w", cfg.crop_w)):
         if n % vae.cfg.spatial_factor:
@@ -370,13 +422,18 @@ def train_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
     train = FrameClips(cfg.data_root, "train", cfg.height, cfg.width, cfg.max_train_frames)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
+    models, opts, gens = {"vae": vae}, {"opt": opt}, {"data": gen}
+    if disc is not None:
+        models["disc"] = disc
+        opts["disc_opt"] = d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=(0.0, 0.99))
+        gens["disc_noise"] = d_gen = torch.Generator().manual_seed(cfg.seed + 1)
     step = 0
     if cfg.resume and (state_path.exists() or state_path.with_name("state.prev.safetensors").exists()):
-        step, _ = load_training_state(state_path, {"vae": vae}, {"opt": opt}, {"data": gen})
+        step, _ = load_training_state(state_path, models, opts, gens)
         print(f"resumed {cfg.phase} from {state_path} at step {step}")
 
     def save_state() -> None:
-        save_training_state(state_path, step, {"vae": vae}, {"opt": opt}, {"data": gen},
+        save_training_state(state_path, step, models, opts, gens,
                             extra={"phase": cfg.phase, "config": dataclasses.asdict(cfg)})
 
     stop_on_sigterm()
@@ -389,12 +446,19 @@ def train_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
             x = train.sample(gen, cfg.batch_size, cfg.clip_frames, cfg.crop_h, cfg.crop_w)  # (B, T, 3, h, w)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            losses = train_step(vae, x, cfg)
+            losses, pred = train_step(vae, x, cfg, disc)
             check_finite(step, losses, state_path if state_path.exists() else None)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
+            if disc is not None:
+                d_losses = disc_step(disc, pred, x, cfg, d_gen)
+                check_finite(step, d_losses, state_path if state_path.exists() else None)
+                d_opt.zero_grad(set_to_none=True)
+                d_losses["d_loss"].backward()
+                d_opt.step()
+                losses.update(d_losses)
             step += 1
             clips_seen += x.shape[0]
             if step % cfg.log_every == 0 or step == cfg.steps:

@@ -91,6 +91,10 @@ class AdversarialConf:
     """Long-video segments generated after the first (paper: 0, then 1, then 5)."""
     overlap: int = 2
     """Latent frames each extension segment shares with the previous one (paper: 6 = 1 s)."""
+    regression_weight: float = 0.0
+    """Weight of an MSE between the student-forced latents of the first segment and the real clip's (0 = the
+    paper's pure adversarial objective). Not in AAPT: it anchors the rollout to the commanded camera at small
+    budgets, where the adversarial signal alone was measured to lose the turn (docs/training.md)."""
     teacher_forcing: bool = False
     """Supplementary F: generator predicts in parallel from ground truth; D scores each output against the real past."""
     world_out: str = ""
