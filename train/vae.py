@@ -446,6 +446,8 @@ def train_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
             x = train.sample(gen, cfg.batch_size, cfg.clip_frames, cfg.crop_h, cfg.crop_w)  # (B, T, 3, h, w)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
+            if disc is not None:
+                disc.requires_grad_(False)  # the decoder's update must not fill the discriminator's gradients
             losses, pred = train_step(vae, x, cfg, disc)
             check_finite(step, losses, state_path if state_path.exists() else None)
             opt.zero_grad(set_to_none=True)
@@ -453,6 +455,7 @@ def train_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
             gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             if disc is not None:
+                disc.requires_grad_(True)
                 d_losses = disc_step(disc, pred, x, cfg, d_gen)
                 check_finite(step, d_losses, state_path if state_path.exists() else None)
                 d_opt.zero_grad(set_to_none=True)
