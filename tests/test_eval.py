@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.eval import encode_real, parse_args, shuffled, teacher_forced
+from train.eval import encode_real, parse_args, rollout, shuffled, teacher_forced, warp_rollout
 from worldmodel.config import model_config
 from worldmodel.dit import WorldDiT
 from worldmodel.vae import CausalVAE, vae_config
@@ -17,11 +17,31 @@ from worldmodel.world import World, WorldMeta, images_to_video, video_to_uint8
 DOOM_K_96x128 = [64.0, 76.8, 63.5, 47.5]  # DoomCamera-v0 (256x192 render, 90 deg FOV) resized to 96x128
 
 
-def tiny_world(hw=(96, 128)) -> World:
+def tiny_world(hw=(96, 128), **dit) -> World:
     torch.manual_seed(0)
     k = DOOM_K_96x128 if hw == (96, 128) else [hw[1] / 2, 1.2 * hw[1] / 2, (hw[1] - 1) / 2, (hw[0] - 1) / 2]
-    return World(WorldDiT(model_config("tiny", dim=64, depth=2, heads=4)), CausalVAE(vae_config("tiny")),
+    return World(WorldDiT(model_config("tiny", dim=64, depth=2, heads=4, **dit)), CausalVAE(vae_config("tiny")),
                  WorldMeta(hw, k, [-32.0] * 3 + [-0.5] * 3, [32.0] * 3 + [0.5] * 3))
+
+
+def test_warp_reference_is_the_rollout_of_a_warp_residual_world_whose_output_is_zero():
+    """The eval's "warp the last latent" row claims to be the world minus its transformer's correction:
+    a warp_residual world with its output layer zeroed must roll out the very same frames, and a
+    turn must move them (a warp that ignored the grid would repeat the first frame)."""
+    world = tiny_world((32, 32), recycle_warp=True, warp_residual=True)
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    actions = np.zeros((2, 3, 6))
+    actions[:, :, 4] = [[0.2, 0.2, -0.1], [0.0, 0.3, 0.3]]  # yaw (rad per step)
+    ref = warp_rollout(world, first, actions)
+    with torch.no_grad():
+        world.dit.final.linear.weight.normal_()  # a trained head: the rollouts must differ
+    assert not np.array_equal(rollout(world, first, actions, [0, 1])[0], ref)
+    world.dit.zero_output()
+    same = rollout(world, first, actions, [0, 1])[0]  # x0 = eps - (eps - warp): float rounding only
+    assert np.abs(same.astype(int) - ref.astype(int)).max() <= 1
+    assert ref.shape == (2, 1 + 3 * 4, 32, 32, 3)
+    assert np.abs(ref[:, -1].astype(int) - ref[:, 1].astype(int)).mean() > 1.0
 
 
 def test_teacher_forcing_reconstruction_equals_full_decode_of_real_latents():

@@ -277,6 +277,42 @@ def test_recycle_warp_models_train_through_diffusion_and_distillation(tiny_root,
     assert dist.run()["steps"] == 2
 
 
+def test_reset_output_starts_a_warp_residual_model_as_the_warp_and_resume_keeps_what_it_learned(tiny_root, tmp_path):
+    """`stage.reset_output` on a plain warp checkpoint: the trunk is the checkpoint's, the one-step
+    prediction is exactly the warped recycled latent, training moves the head, and a resumed run
+    keeps the trained head instead of zeroing it again."""
+    from worldmodel.dit import warp_recycled
+
+    warp = {**SMALL, "window": 4, "recycle_warp": True}
+    init = small_model(window=4)
+    init_cfg = dataclasses.replace(init.cfg, recycle_warp=True)
+    save_world_model(tmp_path / "init.safetensors", init, init_cfg)
+
+    def cfg(steps, **kw):
+        c = stage_config(tiny_root, tmp_path, "diffusion", steps=steps, init=str(tmp_path / "init.safetensors"),
+                         reset_output=True)
+        return dataclasses.replace(c, model=ModelConf("tiny", {**warp, "warp_residual": True}), **kw)
+
+    st = build_stage(cfg(2))
+    m = st.model
+    assert not m.final.linear.weight.any() and not m.final.linear.bias.any()
+    for k, v in init.blocks.state_dict().items():
+        torch.testing.assert_close(m.blocks.state_dict()[k], v)
+    batch = st.stream.next(0)
+    z, cam = batch["latents"], batch["camera"]
+    eps = torch.randn(z[:, 1:].shape)
+    with torch.no_grad():
+        x0 = eps - m(eps, z[:, :-1], cam, 1.0)
+    torch.testing.assert_close(x0, warp_recycled(z[:, :-1], cam[:, :, -2:]), rtol=1e-5, atol=1e-5)
+    st.run()
+    head = st.model.final.linear.weight.clone()
+    assert head.abs().sum() > 0
+    resumed = build_stage(cfg(3, resume=True))
+    resumed.resume()
+    assert resumed.step == 2
+    torch.testing.assert_close(resumed.model.final.linear.weight, head)
+
+
 def test_adversarial_regression_anchor_is_the_rollouts_mse_to_the_real_clip(tiny_root, tmp_path):
     """`regression_weight` adds MSE(student-forced latents, real latents) to the generator's loss. With the
     adversarial term switched off, the generator moves only when the anchor is on, and the logged value

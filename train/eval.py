@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from worldmodel.camera import poses_to_actions
+from worldmodel.dit import warp_recycled
 from worldmodel.metrics import (
     CollapseConfig,
     MotionConfig,
@@ -154,6 +155,21 @@ def rollout(world: World, first: np.ndarray, actions: np.ndarray, seeds: list[in
     for k in range(actions.shape[1]):
         out.append(streams.step(actions[:, k]))
     return np.concatenate(out, axis=1), (time.perf_counter() - t0) / max(actions.shape[1], 1)
+
+
+@torch.no_grad()
+def warp_rollout(world: World, first: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """The warp alone, no transformer: each step's latent is the last one resampled by the commanded
+    rotation (`recycle_warp` worlds only; what a zero `warp_residual` output would give) -> frames
+    (B, 1 + S*fps, H, W, 3). Shows what the transformer adds to the geometry it is handed."""
+    streams = world.streams(len(first))
+    out = [streams.reset(first)[:, :1]]
+    gen = streams.gen
+    for k in range(actions.shape[1]):
+        grid = gen.camera_maps(actions[:, k])[:, None, -2:]
+        gen.recycled.copy_(warp_recycled(gen.recycled[:, None], grid, gen.cfg.warp_mode)[:, 0])
+        out.append(video_to_uint8(streams.decoder.step(gen.recycled)))
+    return np.concatenate(out, axis=1)
 
 
 @torch.no_grad()
@@ -299,6 +315,7 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         gen[name], s = rollout(world, frames[:, 0], acts, seeds)
         step_s = s if name == "model" else step_s
     gen["repeat_last_frame"] = np.repeat(frames[:, :1], frames.shape[1], axis=1)  # the start frame, forever
+    warped = warp_rollout(world, frames[:, 0], actions) if world.dit.cfg.recycle_warp else None
     ar = {name: {"psnr": per_step(psnr, v, frames, fps), "ssim": per_step(ssim, v, frames, fps)} for name, v in gen.items()}
     timing["autoregressive_s"] = time.perf_counter() - t
     arrays["generated"] = gen
@@ -340,6 +357,11 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             },
             "camera": camera[name],
         }
+    warp_ref = None
+    if warped is not None:  # a reference row, not one of the baselines: what the transformer adds to its warp
+        wp = per_step(psnr, warped, frames, fps)
+        warp_ref = {"autoregressive": {"psnr": at_steps(wp, cfg.ar_steps), "psnr_per_step": wp.mean(0)},
+                    "camera": {**following(warped, actions, K, fps, cfg), **yaw_response(warped[:, ::fps], actions, K[0])}}
     timing["total_s"] = time.perf_counter() - t_start
     timing["model_step_ms"] = 1000.0 * step_s
     results = {
@@ -357,6 +379,7 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "methods": methods,
         "vae_reconstruction": {"psnr": mean(vae_recon["psnr"]), "ssim": mean(vae_recon["ssim"]), "camera": camera_recon},
         "real_engine_camera": camera_real,
+        "warp_last_latent": warp_ref,
         "long_run": {
             "steps": cfg.long_steps, "frames": cfg.long_steps * fps,
             "collapsed": any(e["collapse"]["collapsed"] for e in long),
@@ -425,6 +448,11 @@ def headline(results: dict[str, Any]) -> str:
     for label, tf_cols, cr in (("VAE recon", f"{vr['psnr']:>8.2f} {vr['ssim']:>8.3f}", vr["camera"]),
                                ("real engine", f"{'':>8} {'':>8}", results["real_engine_camera"])):
         lines.append(f"{label:<18} {tf_cols} {'':>13} {cr['rot_err_deg']:>11.2f} {cr['success_share']:>8.2f} {gain(cr):>9}")
+    if results.get("warp_last_latent"):
+        w = results["warp_last_latent"]
+        ar, cr = w["autoregressive"]["psnr"], w["camera"]
+        lines.append(f"{'warp last latent':<18} {'':>8} {'':>8} {ar[max(ar, key=int)]:>13.2f} "
+                     f"{cr['rot_err_deg']:>11.2f} {cr['success_share']:>8.2f} {gain(cr):>9}")
     lr = results["long_run"]
     lines.append(f"long run: {lr['frames']} frames, collapsed={lr['collapsed']}; "
                  f"total {results['timing']['total_s']:.1f} s")

@@ -125,6 +125,13 @@ def _table(results: dict[str, Any]) -> str:
         rows.append([label, *quality] + ["-"] * (2 * len(ar_steps))
                     + [fmt(c["rot_err_deg"]), fmt(c["success_share"]), fmt(c["trans_dir_err_deg"]),
                        fmt(c["trans_success_share"]), fmt(c.get("yaw_gain"))])
+    w = results.get("warp_last_latent")
+    if w:  # recycle_warp worlds: the warp alone, no transformer
+        c = w["camera"]
+        rows.append(["warp the last latent, no transformer (reference)", "-", "-"]
+                    + [fmt(w["autoregressive"]["psnr"].get(str(s))) for s in ar_steps] + ["-"] * len(ar_steps)
+                    + [fmt(c["rot_err_deg"]), fmt(c["success_share"]), fmt(c["trans_dir_err_deg"]),
+                       fmt(c["trans_success_share"]), fmt(c.get("yaw_gain"))])
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     tr = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows)
     return f"<table><tr>{th}</tr>{tr}</table>"

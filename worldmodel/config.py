@@ -62,6 +62,11 @@ class DiTConfig:
     warp_mode: str = "bilinear"
     """Interpolation of the recycled-latent warp: 'bilinear' or 'bicubic' (keeps more detail
     when a rollout resamples its own output step after step)."""
+    warp_residual: bool = False
+    """Predict the clean latent as a correction of the warped recycled latent: x0 = warp(recycled)
+    + output, returned as the velocity (x_t - x0) / max(t, 0.05). Where the model is unsure it
+    then keeps the moved picture instead of averaging it into a blur. Needs `recycle_warp`; not in
+    AAPT (docs/training.md, fifth round)."""
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -76,6 +81,8 @@ class DiTConfig:
             raise ValueError(f"warp_mode={self.warp_mode!r}; expected 'bilinear' or 'bicubic'")
         if self.window < 1:
             raise ValueError(f"window={self.window} must be >= 1")
+        if self.warp_residual and not self.recycle_warp:
+            raise ValueError("warp_residual=True needs recycle_warp=True (the residual is taken over the warped latent)")
         self.rope_ref_grid = tuple(self.rope_ref_grid)  # hydra hands lists
 
     @property

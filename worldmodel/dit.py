@@ -25,6 +25,10 @@ from worldmodel.kv_cache import KVCache
 from worldmodel.rope import Rope3D, apply_rotary, cos_sin
 
 
+RESIDUAL_MIN_T = 0.05
+"""With `warp_residual`, the velocity divides by max(t, this): below it, errors in x0 would blow up."""
+
+
 def warp_recycled(recycled: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Resample recycled latents (B, F, C, h, w) at grid (B, F, 2, h, w) (`camera.rotation_warp_grid`).
 
@@ -252,7 +256,13 @@ class WorldDiT(nn.Module):
             nn.init.zeros_(blk.ada[-1].bias)
         nn.init.zeros_(self.final.ada[-1].weight)
         nn.init.zeros_(self.final.ada[-1].bias)
+        self.zero_output()
+
+    @torch.no_grad()
+    def zero_output(self) -> None:
+        """Zero the output projection: the model's raw output is 0 until it learns otherwise."""
         nn.init.zeros_(self.final.linear.weight)
+        nn.init.zeros_(self.final.linear.bias)
 
     # ---- shapes -------------------------------------------------------------------------
 
@@ -265,18 +275,33 @@ class WorldDiT(nn.Module):
         return h // p, w // p
 
     def _embed(self, noisy: torch.Tensor, recycled: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
-        """(B, F, C, h, w) x2 + (B, F, Cc, h, w) -> tokens (B, F, N, D)."""
+        """(B, F, C, h, w) x2 + (B, F, Cc, h, w) -> tokens (B, F, N, D); recycled already warped (`_warp`)."""
+        p = self.cfg.patch_size
+        lat = rearrange(torch.cat([noisy, recycled], 2), "b f c (h p) (w q) -> b f (h w) (c p q)", p=p, q=p)
+        cam = rearrange(camera, "b f c (h p) (w q) -> b f (h w) (c p q)", p=p, q=p)
+        return self.latent_proj(lat) + self.camera_proj(cam.to(lat.dtype))
+
+    def _warp(
+        self, noisy: torch.Tensor, recycled: torch.Tensor, camera: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check shapes; with `recycle_warp`, resample recycled by the grid in camera's last 2 channels.
+
+        Returns (recycled as the model sees it, camera without the grid)."""
         cfg = self.cfg
         for name, x, ch in (("noisy", noisy, cfg.latent_channels), ("recycled", recycled, cfg.latent_channels),
                             ("camera", camera, cfg.camera_channels)):
             if x.ndim != 5 or x.shape[2] != ch:
                 raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (B, F, {ch}, h, w)")
         if cfg.recycle_warp:
-            recycled, camera = warp_recycled(recycled, camera[:, :, -2:], cfg.warp_mode), camera[:, :, :-2]
-        p = cfg.patch_size
-        lat = rearrange(torch.cat([noisy, recycled], 2), "b f c (h p) (w q) -> b f (h w) (c p q)", p=p, q=p)
-        cam = rearrange(camera, "b f c (h p) (w q) -> b f (h w) (c p q)", p=p, q=p)
-        return self.latent_proj(lat) + self.camera_proj(cam.to(lat.dtype))
+            return warp_recycled(recycled, camera[:, :, -2:], cfg.warp_mode), camera[:, :, :-2]
+        return recycled, camera
+
+    def _velocity(self, out: torch.Tensor, noisy: torch.Tensor, warped: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The output layer's (B, F, C, h, w) as a velocity; with `warp_residual` it is x0 - warped."""
+        if not self.cfg.warp_residual:
+            return out
+        tt = t.clamp(min=RESIDUAL_MIN_T)[:, :, None, None, None].to(out.dtype)  # t -> 0 would amplify errors
+        return (noisy - (warped + out)) / tt
 
     def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         p = self.cfg.patch_size
@@ -318,10 +343,13 @@ class WorldDiT(nn.Module):
         N = grid[0] * grid[1]
         win = self.cfg.window if window == -1 else window
         cp = self.cp
+        warped, camera = self._warp(noisy, recycled, camera)
+        tf = self._frame_t(t, B, Fr, noisy.device)  # (B, F)
         if cp is not None:  # context parallelism: this rank embeds and keeps its own frames
-            noisy, recycled, camera = (cp.shard(z, 1) for z in (noisy, recycled, camera))
-        x = self._embed(noisy, recycled, camera).flatten(1, 2)  # (B, F*N, D), F local under cp
-        temb = self.t_embed(self._frame_t(t, B, Fr, x.device))  # (B, F, D)
+            x = self._embed(*(cp.shard(z, 1) for z in (noisy, warped, camera))).flatten(1, 2)  # F local
+        else:
+            x = self._embed(noisy, warped, camera).flatten(1, 2)  # (B, F*N, D)
+        temb = self.t_embed(tf)  # (B, F, D)
         if cp is not None:
             temb = cp.shard(temb, 1)
         c = self._embed_context(context, B)
@@ -340,8 +368,11 @@ class WorldDiT(nn.Module):
             else:
                 x, c = blk(*args)
         x = x.view(B, -1, N, x.shape[-1])  # (B, F, N, D)
-        out = self.logit_head(x) if self.logit_head is not None else self._unpatchify(self.final(x, temb), grid)
-        return out if cp is None else cp.gather(out, 1)
+        if self.logit_head is not None:
+            out = self.logit_head(x)
+            return out if cp is None else cp.gather(out, 1)
+        out = self._unpatchify(self.final(x, temb), grid)
+        return self._velocity(out if cp is None else cp.gather(out, 1), noisy, warped, tf)
 
     def _embed_context(self, context: torch.Tensor | None, B: int) -> torch.Tensor | None:
         if context is None:
@@ -406,10 +437,12 @@ class WorldDiT(nn.Module):
         fixed shapes and no host synchronisation, so a CUDA graph can capture it."""
         B = noisy.shape[0]
         grid = self.token_grid(noisy.shape[-2:])
-        x = self._embed(noisy[:, None], recycled[:, None], camera[:, None])[:, 0]  # (B, N, D)
+        warped, cam = self._warp(noisy[:, None], recycled[:, None], camera[:, None])
+        x = self._embed(noisy[:, None], warped, cam)[:, 0]  # (B, N, D)
         if self.cp is not None:  # context parallelism: this rank keeps a contiguous share of the tokens
             x = self.cp.shard(x, 1)  # (B, N/cp, D)
-        temb = self.t_embed(self._frame_t(t, B, 1, x.device))  # (B, 1, D)
+        tf = self._frame_t(t, B, 1, x.device)  # (B, 1)
+        temb = self.t_embed(tf)  # (B, 1, D)
         plan = cache.plan
         sp = self.rope.spatial_angles(grid, x.device)  # (N, P)
         rope_q = cos_sin(self.rope.temporal_angles(plan["pos"])[:, None, None] + sp, x.dtype)  # (B, 1, N, P)
@@ -423,4 +456,4 @@ class WorldDiT(nn.Module):
             x = self.cp.gather(x, 2)  # every rank gets the whole frame back
         if self.logit_head is not None:
             return self.logit_head(x)[:, 0]
-        return self._unpatchify(self.final(x, temb), grid)[:, 0]
+        return self._velocity(self._unpatchify(self.final(x, temb), grid), noisy[:, None], warped, tf)[:, 0]

@@ -119,6 +119,10 @@ class StageConf:
     """Timestep shift s of shift(t, s) = s t / (1 + (s - 1) t)."""
     init: str = ""
     """Weights to start from: '' = fresh init (diffusion), else a checkpoint written by the previous stage."""
+    reset_output: bool = False
+    """Diffusion only: zero the output layer after loading `init`, so the model starts predicting
+    x0 = 0, or with `model.overrides.warp_residual` the warped previous latent (a new output meaning
+    on a trained trunk). A resumed run keeps its trained output layer."""
     recycle: bool = True
     """False = supplementary G ablation: the recycled input is zero except for the first frame (every stage)."""
     distill: DistillConf = field(default_factory=DistillConf)
