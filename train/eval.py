@@ -226,7 +226,8 @@ def at_steps(curve: np.ndarray, steps: list[int]) -> dict[str, float]:
 
 
 def following(frames: np.ndarray, actions: np.ndarray, K: list[float], fps: int, cfg: EvalConfig) -> dict[str, Any]:
-    """Camera following of generated videos (B, 1 + S*fps, ...) against actions (B, S, 6), pooled over trajectories."""
+    """Camera following of videos (B, 1 + S*fps, ...) against actions (B, S, 6), pooled over trajectories:
+    the feature-based pose errors and the yaw response (how far the picture slides per commanded turn)."""
     res = [camera_following(f[::fps], a, K, cfg.min_translation, MotionConfig()) for f, a in zip(frames, actions)]
     pooled = type(res[0])(*([x for r in res for x in getattr(r, n)] for n in
                            ("rot_err_deg", "rot_ok", "trans_err_deg", "trans_ok", "kinds")))
@@ -235,6 +236,7 @@ def following(frames: np.ndarray, actions: np.ndarray, K: list[float], fps: int,
         **pooled.summary(),
         "rot_err_deg_per_step": np.asarray(pooled.rot_err_deg).reshape(len(res), S).mean(0).tolist(),
         "kinds": {k: pooled.kinds.count(k) for k in sorted(set(pooled.kinds))},
+        **yaw_response(frames[:, ::fps], actions, float(K[0])),
     }
 
 
@@ -321,12 +323,10 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     arrays["generated"] = gen
 
     t = time.perf_counter()
-    camera = {name: {**following(v, actions, K, fps, cfg), **yaw_response(v[:, ::fps], actions, K[0])}
-              for name, v in gen.items()}
-    camera_real = {**following(frames, actions, list(env_K), fps, cfg),
-                   **yaw_response(frames[:, ::fps], actions, float(env_K[0]))}
+    camera = {name: following(v, actions, K, fps, cfg) for name, v in gen.items()}
+    camera_real = following(frames, actions, list(env_K), fps, cfg)
     # The same estimator on the VAE's decoding of the real latents: what a perfect transformer would score.
-    camera_recon = {**following(recon, actions, K, fps, cfg), **yaw_response(recon[:, ::fps], actions, K[0])}
+    camera_recon = following(recon, actions, K, fps, cfg)
     timing["camera_following_s"] = time.perf_counter() - t
 
     # Long run: stability over long_steps steps.
@@ -361,7 +361,7 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if warped is not None:  # a reference row, not one of the baselines: what the transformer adds to its warp
         wp = per_step(psnr, warped, frames, fps)
         warp_ref = {"autoregressive": {"psnr": at_steps(wp, cfg.ar_steps), "psnr_per_step": wp.mean(0)},
-                    "camera": {**following(warped, actions, K, fps, cfg), **yaw_response(warped[:, ::fps], actions, K[0])}}
+                    "camera": following(warped, actions, K, fps, cfg)}
     timing["total_s"] = time.perf_counter() - t_start
     timing["model_step_ms"] = 1000.0 * step_s
     results = {
@@ -444,15 +444,14 @@ def headline(results: dict[str, Any]) -> str:
         lines.append(f"{name:<18} {m['teacher_forced']['psnr']:>8.2f} {m['teacher_forced']['ssim']:>8.3f} "
                      f"{last:>13.2f} {m['camera']['rot_err_deg']:>11.2f} {m['camera']['success_share']:>8.2f}"
                      f" {gain(m['camera']):>9}")
-    vr = results["vae_reconstruction"]
-    for label, tf_cols, cr in (("VAE recon", f"{vr['psnr']:>8.2f} {vr['ssim']:>8.3f}", vr["camera"]),
-                               ("real engine", f"{'':>8} {'':>8}", results["real_engine_camera"])):
-        lines.append(f"{label:<18} {tf_cols} {'':>13} {cr['rot_err_deg']:>11.2f} {cr['success_share']:>8.2f} {gain(cr):>9}")
-    if results.get("warp_last_latent"):
-        w = results["warp_last_latent"]
-        ar, cr = w["autoregressive"]["psnr"], w["camera"]
-        lines.append(f"{'warp last latent':<18} {'':>8} {'':>8} {ar[max(ar, key=int)]:>13.2f} "
-                     f"{cr['rot_err_deg']:>11.2f} {cr['success_share']:>8.2f} {gain(cr):>9}")
+    vr, w = results["vae_reconstruction"], results.get("warp_last_latent")
+    refs = [("VAE recon", f"{vr['psnr']:>8.2f} {vr['ssim']:>8.3f}", "", vr["camera"]),
+            ("real engine", f"{'':>8} {'':>8}", "", results["real_engine_camera"])]
+    if w:
+        ar = w["autoregressive"]["psnr"]
+        refs.append(("warp last latent", f"{'':>8} {'':>8}", f"{ar[max(ar, key=int)]:.2f}", w["camera"]))
+    for label, tf_cols, ar_col, cr in refs:
+        lines.append(f"{label:<18} {tf_cols} {ar_col:>13} {cr['rot_err_deg']:>11.2f} {cr['success_share']:>8.2f} {gain(cr):>9}")
     lr = results["long_run"]
     lines.append(f"long run: {lr['frames']} frames, collapsed={lr['collapsed']}; "
                  f"total {results['timing']['total_s']:.1f} s")

@@ -112,26 +112,22 @@ def _table(results: dict[str, Any]) -> str:
     head += [f"AR PSNR@{s}" for s in ar_steps] + [f"AR SSIM@{s}" for s in ar_steps]
     head += ["RotErr (deg)", "rot. est. ok", "trans. dir. err (deg)", "trans. est. ok", "yaw gain"]
     fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    cam = lambda c: [fmt(c["rot_err_deg"]), fmt(c["success_share"]), fmt(c["trans_dir_err_deg"]),  # noqa: E731
+                     fmt(c["trans_success_share"]), fmt(c.get("yaw_gain"))]
     rows = []
     for name, m in results["methods"].items():
-        ar, c = m["autoregressive"], m["camera"]
+        ar = m["autoregressive"]
         rows.append([LABELS.get(name, name), fmt(m["teacher_forced"]["psnr"]), fmt(m["teacher_forced"]["ssim"], 3)]
-                    + [fmt(ar["psnr"][s]) for s in ar_steps] + [fmt(ar["ssim"][s], 3) for s in ar_steps]
-                    + [fmt(c["rot_err_deg"]), fmt(c["success_share"]), fmt(c["trans_dir_err_deg"]),
-                       fmt(c["trans_success_share"]), fmt(c.get("yaw_gain"))])
+                    + [fmt(ar["psnr"][s]) for s in ar_steps] + [fmt(ar["ssim"][s], 3) for s in ar_steps] + cam(m["camera"]))
     v = results["vae_reconstruction"]
     for label, quality, c in (("VAE reconstruction of the real frames", [fmt(v["psnr"]), fmt(v["ssim"], 3)], v["camera"]),
                               ("real engine frames (estimator floor)", ["-", "-"], results["real_engine_camera"])):
-        rows.append([label, *quality] + ["-"] * (2 * len(ar_steps))
-                    + [fmt(c["rot_err_deg"]), fmt(c["success_share"]), fmt(c["trans_dir_err_deg"]),
-                       fmt(c["trans_success_share"]), fmt(c.get("yaw_gain"))])
+        rows.append([label, *quality] + ["-"] * (2 * len(ar_steps)) + cam(c))
     w = results.get("warp_last_latent")
     if w:  # recycle_warp worlds: the warp alone, no transformer
-        c = w["camera"]
         rows.append(["warp the last latent, no transformer (reference)", "-", "-"]
                     + [fmt(w["autoregressive"]["psnr"].get(str(s))) for s in ar_steps] + ["-"] * len(ar_steps)
-                    + [fmt(c["rot_err_deg"]), fmt(c["success_share"]), fmt(c["trans_dir_err_deg"]),
-                       fmt(c["trans_success_share"]), fmt(c.get("yaw_gain"))])
+                    + cam(w["camera"]))
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     tr = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows)
     return f"<table><tr>{th}</tr>{tr}</table>"
