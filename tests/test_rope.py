@@ -38,3 +38,13 @@ def test_scores_depend_only_on_distance_even_far_out():
     near = _score(7.0, 2.0)
     for offset in (1e3, 1e6, 1e9):  # no table to run out; float64 angles keep precision
         torch.testing.assert_close(_score(7.0 + offset, 2.0 + offset), near, rtol=1e-4, atol=1e-4)
+
+
+def test_tables_do_not_follow_the_default_device():
+    # paper_world builds models under `with torch.device("cuda")`; the frequency tables then went to the
+    # GPU while the spatial grid was built on the host, and the first step failed with a device mismatch.
+    with torch.device("meta"):
+        built_elsewhere = Rope3D(head_dim=32, ref_grid=(26, 46))
+    torch.testing.assert_close(built_elsewhere.spatial_angles((13, 23)), rope.spatial_angles((13, 23)))
+    frames = torch.arange(3, dtype=torch.float64)
+    torch.testing.assert_close(built_elsewhere.temporal_angles(frames), rope.temporal_angles(frames))

@@ -227,6 +227,14 @@ def test_n_steps_equal_half_then_resume_half(tiny_root, tmp_path, name):
     assert (tmp_path / "b" / "run" / "samples" / "final.mp4").stat().st_size > 0
 
 
+def test_sample_frames_zero_writes_no_sample_video(tiny_root, tmp_path):
+    """sample_frames=0 turns the mp4 samples off (machines whose imageio has no ffmpeg), not the training."""
+    summary = build_stage(dataclasses.replace(stage_config(tiny_root, tmp_path, steps=2), sample_frames=0)).run()
+    assert summary["steps"] == 2 and "sample" not in summary
+    assert (tmp_path / "out.safetensors").is_file()
+    assert not (tmp_path / "run" / "samples").exists()
+
+
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path):
     """A non-finite loss raises a clear error; the state file still holds the last good, finite weights."""
     st = build_stage(dataclasses.replace(stage_config(tiny_root, tmp_path, steps=2)))

@@ -41,8 +41,10 @@ class Rope3D:
         self.ref_grid = ref_grid
         self.temporal_interval = temporal_interval
 
+        # Host tables, whatever default device is active: a model built under `with torch.device("cuda")`
+        # must still mix them with the host-built spatial angles (each is moved to the tokens' device).
         def freqs(n: int) -> torch.Tensor:
-            return theta ** (-torch.arange(n, dtype=torch.float64) / max(n, 1))
+            return theta ** (-torch.arange(n, dtype=torch.float64, device="cpu") / max(n, 1))
 
         self.f_t, self.f_h, self.f_w = freqs(self.t_pairs), freqs(self.h_pairs), freqs(self.w_pairs)
         self._spatial: dict[tuple, torch.Tensor] = {}
@@ -59,11 +61,11 @@ class Rope3D:
     def _spatial_angles(self, grid: tuple[int, int]) -> torch.Tensor:
         h, w = grid
         rh, rw = self.ref_grid
-        ys = (torch.arange(h, dtype=torch.float64) + 0.5) * (rh / h)  # stretched to the reference grid
-        xs = (torch.arange(w, dtype=torch.float64) + 0.5) * (rw / w)
+        ys = (torch.arange(h, dtype=torch.float64, device="cpu") + 0.5) * (rh / h)  # stretched to the reference grid
+        xs = (torch.arange(w, dtype=torch.float64, device="cpu") + 0.5) * (rw / w)
         a_h = (ys[:, None] * self.f_h[None]).repeat_interleave(w, 0)  # (h*w, h_pairs)
         a_w = (xs[:, None] * self.f_w[None]).repeat(h, 1)  # (h*w, w_pairs)
-        a_t = torch.zeros(h * w, self.t_pairs, dtype=torch.float64)
+        a_t = torch.zeros(h * w, self.t_pairs, dtype=torch.float64, device="cpu")
         return torch.cat([a_t, a_h, a_w], dim=1)
 
     def temporal_angles(self, frames: torch.Tensor) -> torch.Tensor:

@@ -188,7 +188,7 @@ class TrainConfig:
     sample_every: int = 0
     """Write a sample video every this many steps (0 = only at the end)."""
     sample_frames: int = 8
-    """Latent frames per sample video."""
+    """Latent frames per sample video (0 = no sample videos, e.g. where imageio has no ffmpeg)."""
     sample_steps: int = 8
     """Euler steps per latent frame in the diffusion stage's sample videos (the distilled stages use 1)."""
     resume: bool = False

@@ -264,7 +264,7 @@ class Stage:
     @torch.no_grad()
     def write_sample(self, tag: str) -> Path | None:
         """mp4 of ground truth (left) next to an autoregressive rollout (right) from validation first frames."""
-        if not (self.dist.is_main or self.sharded):  # sharded: every rank takes part in the forwards
+        if not (self.dist.is_main or self.sharded) or not self.cfg.sample_frames:  # sharded: every rank forwards
             return None
         import imageio.v2 as imageio
 
@@ -363,7 +363,9 @@ class Stage:
                 if self.step not in self.evals:
                     self.evaluate(logger)
                 summary["evals"] = self.evals
-                summary["sample"] = str(self.write_sample("final"))
+                sample = self.write_sample("final")
+                if sample is not None:
+                    summary["sample"] = str(sample)
                 self.finish(summary)
                 summary["out"] = cfg.out
         if logger is not None:
