@@ -227,6 +227,12 @@ def test_n_steps_equal_half_then_resume_half(tiny_root, tmp_path, name):
     assert (tmp_path / "b" / "run" / "samples" / "final.mp4").stat().st_size > 0
 
 
+@pytest.mark.parametrize("name", ["distill", "adversarial"])
+def test_reset_output_is_refused_outside_the_diffusion_stage(name):
+    with pytest.raises(ValueError, match="reset_output"):
+        StageConf(name=name, reset_output=True)
+
+
 def test_sample_frames_zero_writes_no_sample_video(tiny_root, tmp_path):
     """sample_frames=0 turns the mp4 samples off (machines whose imageio has no ffmpeg), not the training."""
     summary = build_stage(dataclasses.replace(stage_config(tiny_root, tmp_path, steps=2), sample_frames=0)).run()

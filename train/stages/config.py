@@ -130,6 +130,11 @@ class StageConf:
     adversarial: AdversarialConf = field(default_factory=AdversarialConf)
     """Adversarial options."""
 
+    def __post_init__(self) -> None:
+        if self.reset_output and self.name != "diffusion":
+            raise ValueError(f"stage.reset_output is read by the diffusion stage only (stage.name={self.name!r}): "
+                             f"a distilled or adversarial model starts from its init's output layer")
+
 
 @dataclass
 class ParallelConf(ParallelConfig):
