@@ -131,6 +131,19 @@ def test_headless_scripted_run_records_the_frames_and_the_actions_the_keys_map_t
     assert imageio.v3.imread(shot).shape[:2] == (HW[0] * 16, HW[1] * 16)  # upscaled to ~768 px wide
 
 
+def test_headless_run_with_reprojection_turns_on_the_memory(world_file, tmp_path):
+    """--reprojection on: the run completes, and with no key pressed the recorded picture stays put
+    (a still camera keeps the anchor; without the memory the random network changes it)."""
+    video = tmp_path / "still.mp4"
+    for memory, moves in (("on", False), ("off", True)):
+        r = run_viewer("--checkpoint", str(world_file), "--headless", "--steps", "6", "--reprojection", memory,
+                       "--record", str(video))
+        assert r.returncode == 0, r.stderr
+        frames = np.stack(list(imageio.get_reader(video, format="FFMPEG").iter_data())).astype(int)
+        # The last two steps (the decoder's causal context has filled by then); mp4 noise is < 2.
+        assert (np.abs(frames[-1] - frames[-1 - FPS]).mean() > 5.0) == moves, memory
+
+
 def test_headless_compare_real_shows_doom_side_by_side(tmp_path):
     """--compare-real on a Doom world: the recording is world | real side by side, both from the real start view."""
     pytest.importorskip("vizdoom")
@@ -158,3 +171,5 @@ def test_cli_help_and_missing_checkpoint(tmp_path):
     assert r.returncode == 0 and "--keys" in r.stdout and "mouse=DX,DY" in r.stdout and "W/S" in r.stdout
     r = run_viewer("--checkpoint", str(tmp_path / "nope.safetensors"), "--headless", "--steps", "1")
     assert r.returncode == 2 and "nope.safetensors" in r.stderr
+    r = run_viewer("--reprojection", "keep=2", "--headless", "--steps", "1")
+    assert r.returncode == 2 and "keep" in r.stderr

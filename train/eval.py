@@ -44,6 +44,7 @@ from worldmodel.metrics import (
     ssim,
     yaw_response,
 )
+from worldmodel.reproject import ReprojectionConfig
 from worldmodel.world import World, images_to_video, video_to_uint8
 
 VAL_MAPS = [f"MAP{i:02d}" for i in range(25, 33)]
@@ -82,6 +83,9 @@ class EvalConfig:
     """Torch device of the model."""
     min_translation: float = 2.0
     """Commanded translation (scene units per step) below which no translation direction is scored."""
+    reprojection: str | None = None
+    """Override the world's reprojection memory (`worldmodel.reproject`): 'off', 'on' (the defaults),
+    or 'key=value,...' of ReprojectionConfig fields; None keeps what the world file says."""
 
     @classmethod
     def quick(cls, **overrides: Any) -> EvalConfig:
@@ -188,6 +192,8 @@ def teacher_forced(
     preds, recons = [], []
     for k in range(actions.shape[1]):
         gen.recycled.copy_(z_real[:, k])
+        if gen.memory is not None:  # the real past is also what gets reprojected
+            gen.memory.reset(z_real[:, k])
         z_hat = gen.step(actions[:, k])  # (B, C, h, w)
         saved, saved_t = [b.clone() for b in dec.cache.buffers], dec.t
         preds.append(video_to_uint8(dec.step(z_hat)))
@@ -275,6 +281,8 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world = World.load(cfg.checkpoint, device=cfg.device)
+    if cfg.reprojection is not None:
+        world.meta.reprojection = ReprojectionConfig.parse(cfg.reprojection)
     fps, hw, K = world.frames_per_step, tuple(world.meta.image_hw), list(world.meta.intrinsics)
     timing: dict[str, float] = {}
 
@@ -318,6 +326,11 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         step_s = s if name == "model" else step_s
     gen["repeat_last_frame"] = np.repeat(frames[:, :1], frames.shape[1], axis=1)  # the start frame, forever
     warped = warp_rollout(world, frames[:, 0], actions) if world.dit.cfg.recycle_warp else None
+    network = None
+    if world.meta.reprojection is not None:  # what the network does without the memory
+        memory, world.meta.reprojection = world.meta.reprojection, None
+        network, _ = rollout(world, frames[:, 0], actions, seeds)
+        world.meta.reprojection = memory
     ar = {name: {"psnr": per_step(psnr, v, frames, fps), "ssim": per_step(ssim, v, frames, fps)} for name, v in gen.items()}
     timing["autoregressive_s"] = time.perf_counter() - t
     arrays["generated"] = gen
@@ -362,12 +375,18 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         wp = per_step(psnr, warped, frames, fps)
         warp_ref = {"autoregressive": {"psnr": at_steps(wp, cfg.ar_steps), "psnr_per_step": wp.mean(0)},
                     "camera": following(warped, actions, K, fps, cfg)}
+    net_ref = None
+    if network is not None:  # a reference row: the same world with its reprojection memory off
+        npsnr = per_step(psnr, network, frames, fps)
+        net_ref = {"autoregressive": {"psnr": at_steps(npsnr, cfg.ar_steps), "psnr_per_step": npsnr.mean(0)},
+                   "camera": following(network, actions, K, fps, cfg)}
     timing["total_s"] = time.perf_counter() - t_start
     timing["model_step_ms"] = 1000.0 * step_s
     results = {
         "checkpoint": str(cfg.checkpoint) if cfg.checkpoint else "bundled",
         "config": asdict(cfg),
         "world": {"image_hw": list(hw), "intrinsics": K, "frames_per_step": fps, "card": world.meta.card,
+                  "reprojection": None if world.meta.reprojection is None else asdict(world.meta.reprojection),
                   "intrinsics_mismatch_vs_engine": k_mismatch},
         "data": {
             "source": "DoomCamera-v0 + scripted explorer (train.collect.record_clip), rendered fresh",
@@ -380,6 +399,7 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "vae_reconstruction": {"psnr": mean(vae_recon["psnr"]), "ssim": mean(vae_recon["ssim"]), "camera": camera_recon},
         "real_engine_camera": camera_real,
         "warp_last_latent": warp_ref,
+        "network_without_reprojection": net_ref,
         "long_run": {
             "steps": cfg.long_steps, "frames": cfg.long_steps * fps,
             "collapsed": any(e["collapse"]["collapsed"] for e in long),
@@ -408,11 +428,18 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     p.add_argument("--threads", type=int)
     p.add_argument("--device")
     p.add_argument("--test-world", action="store_true", help="evaluate on freedoom1 (held-out test world)")
+    p.add_argument("--reprojection", help="override the world's reprojection memory: off, on, or key=value,... "
+                   "(refresh_coverage, mask_power, keep, travel_scale); default: as the world file says")
     a = p.parse_args(argv)
     given = {k: v for k, v in vars(a).items() if k not in ("quick", "report") and v is not None}
     given["test_world"] = a.test_world
     given["report"] = a.report or None
     cfg = EvalConfig.quick(**given) if a.quick else EvalConfig(**given)
+    if cfg.reprojection is not None:
+        try:
+            ReprojectionConfig.parse(cfg.reprojection)
+        except ValueError as e:
+            p.error(str(e))
     for name in ("trajectories", "horizon", "long_steps", "long_trajectories"):
         if getattr(cfg, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
@@ -447,9 +474,10 @@ def headline(results: dict[str, Any]) -> str:
     vr, w = results["vae_reconstruction"], results.get("warp_last_latent")
     refs = [("VAE recon", f"{vr['psnr']:>8.2f} {vr['ssim']:>8.3f}", "", vr["camera"]),
             ("real engine", f"{'':>8} {'':>8}", "", results["real_engine_camera"])]
-    if w:
-        ar = w["autoregressive"]["psnr"]
-        refs.append(("warp last latent", f"{'':>8} {'':>8}", f"{ar[max(ar, key=int)]:.2f}", w["camera"]))
+    for label, ref in (("warp last latent", w), ("network alone", results.get("network_without_reprojection"))):
+        if ref:
+            ar = ref["autoregressive"]["psnr"]
+            refs.append((label, f"{'':>8} {'':>8}", f"{ar[max(ar, key=int)]:.2f}", ref["camera"]))
     for label, tf_cols, ar_col, cr in refs:
         lines.append(f"{label:<18} {tf_cols} {ar_col:>13} {cr['rot_err_deg']:>11.2f} {cr['success_share']:>8.2f} {gain(cr):>9}")
     lr = results["long_run"]

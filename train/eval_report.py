@@ -123,11 +123,13 @@ def _table(results: dict[str, Any]) -> str:
     for label, quality, c in (("VAE reconstruction of the real frames", [fmt(v["psnr"]), fmt(v["ssim"], 3)], v["camera"]),
                               ("real engine frames (estimator floor)", ["-", "-"], results["real_engine_camera"])):
         rows.append([label, *quality] + ["-"] * (2 * len(ar_steps)) + cam(c))
-    w = results.get("warp_last_latent")
-    if w:  # recycle_warp worlds: the warp alone, no transformer
-        rows.append(["warp the last latent, no transformer (reference)", "-", "-"]
-                    + [fmt(w["autoregressive"]["psnr"].get(str(s))) for s in ar_steps] + ["-"] * len(ar_steps)
-                    + cam(w["camera"]))
+    refs = (("warp the last latent, no transformer (reference)", results.get("warp_last_latent")),
+            ("the network without its reprojection memory (reference)", results.get("network_without_reprojection")))
+    for label, w in refs:
+        if w:  # recycle_warp worlds: the warp alone; reprojecting worlds: the network alone
+            rows.append([label, "-", "-"]
+                        + [fmt(w["autoregressive"]["psnr"].get(str(s))) for s in ar_steps] + ["-"] * len(ar_steps)
+                        + cam(w["camera"]))
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     tr = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows)
     return f"<table><tr>{th}</tr>{tr}</table>"

@@ -69,7 +69,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--show-help", action="store_true", help="start with the help overlay shown")
     p.add_argument("--queue", type=int, default=2, help="frame queue size in steps: how far generation may run ahead")
     p.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
+    p.add_argument("--reprojection", default=None,
+                   help="reprojection memory (worldmodel/reproject.py): 'on' turns the picture exactly with the "
+                        "camera, but walking straight shows a still picture; 'off', or key=value,... of its "
+                        "settings (refresh_coverage, mask_power, keep, travel_scale); default: as the world file says")
     args = p.parse_args(argv)
+    if args.reprojection is not None:
+        from worldmodel.reproject import ReprojectionConfig
+
+        try:
+            ReprojectionConfig.parse(args.reprojection)
+        except ValueError as e:
+            p.error(str(e))
     if not args.headless and (args.keys is not None or args.steps is not None):
         p.error("--keys and --steps drive a --headless run")
     if args.queue < 1:
@@ -142,12 +153,16 @@ class Viewer:
             os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
         import pygame
 
-        from envs.world import WorldEnv, world_render_fps
+        from envs.world import WorldEnv, load_world, world_render_fps
         from viewer.hud import Hud
         from viewer.worker import GenerationWorker, LiveInput
+        from worldmodel.reproject import ReprojectionConfig
 
         self.args = args
-        self.env = WorldEnv(checkpoint=args.checkpoint, device=args.device)
+        world = load_world(args.checkpoint, None, args.device)
+        if args.reprojection is not None:
+            world.meta.reprojection = ReprojectionConfig.parse(args.reprojection)
+        self.env = WorldEnv(world=world)
         world = self.env.world
         self.fps_step = world.frames_per_step
         self.video_fps = world_render_fps(world)

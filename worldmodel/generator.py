@@ -7,7 +7,9 @@
 Each step is one transformer evaluation at t = 1 (pure noise in, clean latent out:
 x0 = eps - v for flow matching x_t = (1 - t) x0 + t eps). The latent it returns is the
 recycled input of the next step. The KV cache has static shapes, so memory stays flat
-for any number of steps.
+for any number of steps. With a `reprojection` config, each generated latent is first blended
+with the stream's reprojected anchor (`worldmodel.reproject`); the blend is what is returned
+and recycled.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from worldmodel.camera import action_camera_maps, normalize_camera, rotation_warp_grid, step_rotation
+from worldmodel.camera import action_camera_maps, integrate, normalize_camera, rotation_warp_grid, step_rotation
 from worldmodel.config import CameraStats
 from worldmodel.cuda_graph import GraphedStep
 from worldmodel.dit import WorldDiT
+from worldmodel.reproject import ReprojectionConfig, ReprojectionMemory
 
 
 class StreamingGenerator:
@@ -38,6 +41,7 @@ class StreamingGenerator:
         context: torch.Tensor | None = None,
         seeds: Sequence[int] | None = None,
         cuda_graph: bool = False,
+        reprojection: ReprojectionConfig | None = None,
     ) -> None:
         self.model = model.eval()
         self.cfg = model.cfg
@@ -56,6 +60,12 @@ class StreamingGenerator:
         self.recycled = torch.zeros(batch, C, h, w, device=self.device, dtype=self.dtype)  # static
         self.rngs = [torch.Generator(device=self.device) for _ in range(batch)]
         self.seed(seeds if seeds is not None else range(batch))
+        self.memory = None
+        if reprojection is not None:
+            if intrinsics is None or image_hw is None:
+                raise ValueError("reprojection needs the generator's intrinsics and image_hw")
+            self.memory = ReprojectionMemory(reprojection, batch, intrinsics, image_hw, self.latent_hw, C,
+                                             self.device, self.dtype)
 
     def seed(self, seeds: Sequence[int], streams: Sequence[int] | None = None) -> None:
         """Seed the noise of some (default: all) streams."""
@@ -73,6 +83,8 @@ class StreamingGenerator:
             raise ValueError("first latent contains NaN or inf")
         self.cache.reset(np.asarray(idx))
         self.recycled[idx] = first_latent.to(self.device, self.dtype)
+        if self.memory is not None:
+            self.memory.reset(first_latent, idx)
 
     def noise(self) -> torch.Tensor:
         """One standard-normal latent per stream, each from its own generator."""
@@ -98,7 +110,13 @@ class StreamingGenerator:
 
     @torch.no_grad()
     def step_camera(self, camera: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """One transformer evaluation: camera channels (B, Cc, h, w) -> next latent (B, C, h, w)."""
+        """One transformer evaluation: camera channels (B, Cc, h, w) -> next latent (B, C, h, w).
+        Camera maps carry no rotation to reproject by: with a reprojection memory, use `step`."""
+        if self.memory is not None:
+            raise RuntimeError("this generator reprojects by the commanded rotation: call step(actions)")
+        return self._evaluate(camera, noise)
+
+    def _evaluate(self, camera: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         eps = self.noise() if noise is None else noise.to(self.device, self.dtype)
         camera = camera.to(self.device, self.dtype)
         if self.graphed is not None:
@@ -111,7 +129,13 @@ class StreamingGenerator:
 
     def step(self, actions: np.ndarray, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Relative camera motions (B, 6) or (B, frames_per_step, 6) -> next latent per stream."""
-        return self.step_camera(self.camera_maps(actions), noise)
+        actions = np.asarray(actions)
+        with torch.no_grad():
+            z = self._evaluate(self.camera_maps(actions), noise)
+            if self.memory is not None:
+                z = self.memory.blend(z, np.stack([integrate(np.eye(4), a) for a in actions]))
+                self.recycled.copy_(z)
+        return z
 
     @property
     def frames_generated(self) -> np.ndarray:

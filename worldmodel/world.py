@@ -3,7 +3,8 @@
 A world file is a single safetensors checkpoint holding `dit.*`, `vae.*` and optional
 `start_frames` (uint8 (S, H, W, 3)), with metadata: the two configs, camera stats,
 `image_hw`, `intrinsics` (fx, fy, cx, cy at image_hw), per-component action bounds and
-a free-form model card.
+a free-form model card, and optionally how generated latents are blended with the
+reprojected past (`reprojection`, see `worldmodel.reproject`; None: the network alone).
 
     world = World.load("checkpoints/world_tiny.safetensors")
     streams = world.streams(batch=4, seeds=[0, 1, 2, 3])
@@ -34,6 +35,7 @@ from worldmodel.checkpoint import (
 from worldmodel.config import CameraStats, DiTConfig, config_from_dict
 from worldmodel.dit import WorldDiT
 from worldmodel.generator import StreamingGenerator
+from worldmodel.reproject import ReprojectionConfig
 from worldmodel.vae import CausalVAE, StreamDecoder, VAEConfig
 
 BUNDLED = Path(__file__).parent / "assets" / "world_tiny.safetensors"
@@ -48,6 +50,7 @@ class WorldMeta:
     action_low: list[float] = field(default_factory=lambda: [-1.0] * 6)
     action_high: list[float] = field(default_factory=lambda: [1.0] * 6)
     card: dict[str, Any] = field(default_factory=dict)
+    reprojection: ReprojectionConfig | None = None
 
 
 def images_to_video(images: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -126,6 +129,11 @@ class World:
             action_high=list(meta.get("action_high", [1.0] * 6)),
             card=dict(meta.get("card", {})),
         )
+        if meta.get("reprojection") is not None:
+            try:
+                wm.reprojection = ReprojectionConfig(**meta["reprojection"])
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"checkpoint {path} has an invalid reprojection config: {e}") from e
         start = tensors.get("start_frames")
         return cls(dit, vae, wm, stats, None if start is None else start.cpu().numpy())
 
@@ -139,6 +147,7 @@ class World:
             "action_low": list(self.meta.action_low),
             "action_high": list(self.meta.action_high),
             "card": self.meta.card,
+            "reprojection": None if self.meta.reprojection is None else asdict(self.meta.reprojection),
         }
         start = None if self.start_frames is None else {"start_frames": torch.as_tensor(self.start_frames)}
         save_world_model(path, self.dit, self.cfg, self.camera_stats, {"vae": self.vae}, meta, start)
@@ -166,7 +175,8 @@ class WorldStreams:
         self.world, self.batch = world, batch
         m = world.meta
         self.gen = StreamingGenerator(
-            world.dit, batch, world.latent_hw, m.intrinsics, m.image_hw, world.camera_stats, window, seeds=seeds
+            world.dit, batch, world.latent_hw, m.intrinsics, m.image_hw, world.camera_stats, window, seeds=seeds,
+            reprojection=m.reprojection,
         )
         self.decoder: StreamDecoder = world.vae.stream_decoder(batch, light=world.light_decoder)
         self.last_timing = {"transformer_s": 0.0, "decode_s": 0.0}

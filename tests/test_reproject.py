@@ -1,0 +1,148 @@
+"""The reprojection memory: a still camera keeps its picture, a turn moves it and lets the network
+paint only what came into view, walking hands over to the network, the anchor refreshes, and the
+setting travels through world files and the eval's command line."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from train.eval import parse_args
+from worldmodel.camera import integrate
+from worldmodel.checkpoint import CheckpointError
+from worldmodel.config import CameraStats, model_config
+from worldmodel.dit import WorldDiT
+from worldmodel.generator import StreamingGenerator
+from worldmodel.reproject import ReprojectionConfig, ReprojectionMemory
+from worldmodel.vae import CausalVAE, vae_config
+from worldmodel.world import World, WorldMeta
+
+K, IMG, LATENT, C = [16.0, 16.0, 15.5, 15.5], (32, 32), (8, 8), 4
+
+
+def memory(batch: int = 1, **cfg) -> ReprojectionMemory:
+    return ReprojectionMemory(ReprojectionConfig(**cfg), batch, K, IMG, LATENT, C)
+
+
+def latents(batch: int = 1, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, C, *LATENT, generator=torch.Generator().manual_seed(seed))
+
+
+def pose(tx: float = 0.0, tz: float = 0.0, yaw: float = 0.0) -> np.ndarray:
+    return integrate(np.eye(4), np.array([tx, 0.0, tz, 0.0, yaw, 0.0]))[None]
+
+
+def test_still_camera_keeps_the_anchor_whatever_the_network_says():
+    mem, anchor = memory(), latents()
+    mem.reset(anchor)
+    for seed in range(3):
+        z = mem.blend(latents(seed=10 + seed), pose())
+        assert torch.allclose(z, anchor, atol=1e-5)
+
+
+def test_a_turn_moves_the_picture_and_the_network_paints_only_what_came_into_view():
+    mem, anchor, generated = memory(), latents(), latents(seed=1)
+    mem.reset(anchor)
+    z = mem.blend(generated, pose(yaw=0.3))  # a right turn: new content enters on the right
+    assert torch.equal(z[..., -1], generated[..., -1]), "the newly visible right column is the network's"
+    assert not torch.allclose(z[..., :-2], generated[..., :-2]), "the rest comes from the anchor"
+    assert not torch.allclose(z[..., :-2], anchor[..., :-2], atol=1e-3), "and it has moved"
+    # Turning back resamples the anchor once from where it was: the picture returns exactly
+    # (a memory that warped its last output each step would have blurred it).
+    back = mem.blend(latents(seed=2), pose(yaw=-0.3))
+    assert torch.allclose(back, anchor, atol=1e-5)
+
+
+def test_a_large_turn_refreshes_the_anchor():
+    mem = memory(refresh_coverage=0.6)
+    mem.reset(latents())
+    z = mem.blend(latents(seed=1), pose(yaw=0.8))  # about 46 degrees on a 90-degree view
+    assert torch.equal(mem.anchor, z) and np.allclose(mem.pose, np.eye(4))
+    small = memory(refresh_coverage=0.6)
+    small.reset(latents())
+    small.blend(latents(seed=1), pose(yaw=0.05))
+    assert not np.allclose(small.pose, np.eye(4)), "a small turn keeps the anchor"
+
+
+def test_walking_hands_the_picture_to_the_network():
+    anchor, generated = latents(), latents(seed=1)
+    mem = memory(travel_scale=10.0)
+    mem.reset(anchor)
+    z = mem.blend(generated, pose(tz=10.0))  # one travel_scale forward: trust e^-1
+    w = math.exp(-1.0)
+    assert torch.allclose(z, w * anchor + (1 - w) * generated, atol=1e-5)
+    mem.blend(generated, pose(tz=10.5))  # past 2 travel_scales: re-anchored
+    assert np.allclose(mem.pose, np.eye(4))
+    never = memory()  # travel_scale None: walking alone never hands over
+    never.reset(anchor)
+    assert torch.allclose(never.blend(generated, pose(tz=500.0)), anchor, atol=1e-5)
+
+
+@pytest.mark.parametrize("field, value", [("refresh_coverage", 1.5), ("mask_power", 0.0), ("keep", -0.1),
+                                          ("travel_scale", 0.0)])
+def test_bad_settings_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        ReprojectionConfig(**{field: value})
+
+
+def test_bad_inputs_are_refused():
+    mem = memory(batch=2)
+    mem.reset(latents(2))
+    with pytest.raises(ValueError, match="generated latents have shape"):
+        mem.blend(latents(1), np.stack([np.eye(4)] * 2))
+    with pytest.raises(ValueError, match="step poses have shape"):
+        mem.blend(latents(2), np.eye(4))
+    bad = np.stack([np.eye(4)] * 2)
+    bad[0, 0, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        mem.blend(latents(2), bad)
+
+
+def small_model() -> WorldDiT:
+    torch.manual_seed(0)
+    return WorldDiT(model_config("tiny", dim=64, depth=2, heads=4, window=3))
+
+
+def test_generator_with_memory_keeps_a_still_picture_and_refuses_bare_camera_maps():
+    first = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(5))
+    gen = StreamingGenerator(small_model(), 1, (4, 4), K, IMG, CameraStats(), reprojection=ReprojectionConfig())
+    plain = StreamingGenerator(small_model(), 1, (4, 4), K, IMG, CameraStats())
+    gen.reset(first)
+    plain.reset(first)
+    still = np.zeros((1, 6))
+    for _ in range(3):
+        z = gen.step(still)
+        assert torch.allclose(z, first, atol=1e-5) and torch.equal(gen.recycled, z)
+    assert not torch.allclose(plain.step(still), first, atol=1e-2), "without the memory the network decides"
+    with pytest.raises(RuntimeError, match="step\\(actions\\)"):
+        gen.step_camera(gen.camera_maps(still))
+
+
+def test_world_file_keeps_the_setting_and_names_a_bad_one(tmp_path):
+    world = World(small_model(), CausalVAE(vae_config("tiny")), WorldMeta((32, 32), K))
+    world.meta.reprojection = ReprojectionConfig(keep=0.5, travel_scale=48.0)
+    path = tmp_path / "w.safetensors"
+    world.save(path)
+    assert World.load(path).meta.reprojection == ReprojectionConfig(keep=0.5, travel_scale=48.0)
+    world.meta.reprojection = None
+    world.save(path)
+    assert World.load(path).meta.reprojection is None
+    from worldmodel.checkpoint import load_checkpoint, save_checkpoint
+    tensors, meta = load_checkpoint(path)
+    save_checkpoint(path, tensors, {**meta, "reprojection": {"keep": 2.0}})
+    with pytest.raises(CheckpointError, match="reprojection"):
+        World.load(path)
+
+
+def test_command_line_setting_parses_and_names_bad_keys():
+    assert ReprojectionConfig.parse("off") is None
+    assert ReprojectionConfig.parse("on") == ReprojectionConfig()
+    assert ReprojectionConfig.parse("keep=0.5, travel_scale=48") == ReprojectionConfig(keep=0.5, travel_scale=48.0)
+    with pytest.raises(ValueError, match="travel_scale"):
+        ReprojectionConfig.parse("trust=1")
+    with pytest.raises(ValueError, match="not a number"):
+        ReprojectionConfig.parse("keep=high")
+    with pytest.raises(SystemExit):
+        parse_args(["--reprojection", "keep=2"])
+    assert parse_args(["--reprojection", "on"]).reprojection == "on"
