@@ -184,3 +184,27 @@ def test_warp_residual_outputs_the_warped_latent_plus_the_heads_output_in_both_f
         torch.testing.assert_close(noisy - tt * model(noisy, rec, cam, t), warped, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="warp_residual=True needs recycle_warp=True"):
         model_config("tiny", warp_residual=True)
+
+
+def test_qk_norm_under_bf16_autocast_stays_fused_and_matches_float32():
+    """The per-head q/k RMSNorm keeps float32 weights; under bf16 autocast it must still take the
+    fused path (no dtype-mismatch warning) and agree with the float32 norm to bf16 precision."""
+    import warnings
+
+    from torch import nn
+
+    from worldmodel.dit import HeadRMSNorm
+
+    norm = HeadRMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 4, 10, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the old nn.RMSNorm warned here ("Mismatch dtype")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = norm(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    ref = nn.RMSNorm(16, eps=1e-6)
+    ref.load_state_dict(norm.state_dict())  # same parameter names: old checkpoints load unchanged
+    assert torch.allclose(y.float(), ref(x), atol=3e-2, rtol=2e-2)
+    assert torch.equal(norm(x), ref(x))

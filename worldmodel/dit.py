@@ -68,6 +68,14 @@ class Mlp(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
 
 
+class HeadRMSNorm(nn.RMSNorm):
+    """RMSNorm over a head's dims whose weight follows the input's dtype: under bf16 autocast the
+    queries and keys arrive in bf16, and a float32 weight would skip the fused kernel (with a warning)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
 class StreamAttnParams(nn.Module):
     """QKV projection with per-head RMS query/key norm, and the output projection, of one stream."""
 
@@ -75,8 +83,8 @@ class StreamAttnParams(nn.Module):
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = nn.RMSNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
+        self.q_norm = HeadRMSNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = HeadRMSNorm(dim // heads, eps=1e-6) if qk_norm else nn.Identity()
         self.out = nn.Linear(dim, dim)
 
     def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
