@@ -286,7 +286,7 @@ def test_light_phase_trains_only_the_light_decoder(doom_root, tmp_path):
     assert "psnr_full" in out and "psnr_light" in out and out["val_maps"] == ["freedoom2:MAP25"]
 
 
-def test_adversarial_light_phase_trains_against_a_discriminator_and_resumes_exactly(doom_root, tmp_path):
+def test_adversarial_light_phase_trains_against_a_discriminator_and_resumes_exactly(doom_root, tmp_path, monkeypatch):
     """Guards the adversarial light phase: only the light decoder changes, the discriminator learns and is
     saved with the training state, so 4 steps straight == 2 steps, stop, resume, 2 more (bitwise)."""
     import json
@@ -297,7 +297,19 @@ def test_adversarial_light_phase_trains_against_a_discriminator_and_resumes_exac
     before = load_vae(tmp_path / "vae.safetensors").state_dict()
     adv = dict(phase="light", init=str(tmp_path / "vae.safetensors"), adv_weight=0.5, distill_weight=0.0,
                disc_channels=8, lr=1e-2, disc_lr=1e-2)
+    from train.vae_disc import PatchDiscriminator
+
+    calls, forward = [], PatchDiscriminator.forward
+
+    def counted(self, x):
+        calls.append(x.shape[0])
+        return forward(self, x)
+
+    monkeypatch.setattr(PatchDiscriminator, "forward", counted)
     train_vae(small_train_cfg(doom_root, tmp_path / "a", **adv))
+    monkeypatch.undo()
+    # Per step: real once, fake for the decoder and for the discriminator, R1 and R2 (real was scored twice).
+    assert len(calls) == 4 * 5, calls
     half = small_train_cfg(doom_root, tmp_path / "b", stop_after=2, **adv)
     assert train_vae(half)["stopped_early"]
     train_vae(dataclasses.replace(half, stop_after=0, resume=True))
@@ -336,9 +348,9 @@ def test_nan_loss_stops_and_keeps_last_good_state(doom_root, tmp_path, monkeypat
     real = tv.train_step
     calls = {"n": 0}
 
-    def poisoned(vae, x, cfg, disc=None):
+    def poisoned(vae, x, cfg, disc=None, real_logits=None):
         calls["n"] += 1
-        losses, pred = real(vae, x, cfg, disc)
+        losses, pred = real(vae, x, cfg, disc, real_logits)
         if calls["n"] == 3:
             losses["loss"] = losses["loss"] * float("nan")
         return losses, pred

@@ -353,9 +353,11 @@ def light_phase_vae(cfg: TrainVAEConfig) -> CausalVAE:
 
 
 def train_step(
-    vae: CausalVAE, x: Tensor, cfg: TrainVAEConfig, disc: PatchDiscriminator | None = None
+    vae: CausalVAE, x: Tensor, cfg: TrainVAEConfig, disc: PatchDiscriminator | None = None,
+    real_logits: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """Losses of one batch of clips x (B, T, 3, h, w) and the decoded clips; 'loss' is what gets minimised."""
+    """Losses of one batch of clips x (B, T, 3, h, w) and the decoded clips; 'loss' is what gets minimised.
+    With a discriminator, `real_logits` (its detached scores of x) saves evaluating it on x again."""
     if cfg.phase == "recon":
         mean, logvar = vae.encode_posterior(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()  # reparameterised sample
@@ -374,17 +376,23 @@ def train_step(
         losses["distill"] = recon_loss(pred, target, cfg.mse_weight)
         losses["loss"] = losses["loss"] + cfg.distill_weight * losses["distill"]
     if disc is not None:
-        with torch.no_grad():
-            real = disc(x.flatten(0, 1))
-        losses["adv"] = generator_loss(disc(pred.flatten(0, 1)), real)
+        if real_logits is None:
+            with torch.no_grad():
+                real_logits = disc(x.flatten(0, 1))
+        losses["adv"] = generator_loss(disc(pred.flatten(0, 1)), real_logits)
         losses["loss"] = losses["loss"] + cfg.adv_weight * losses["adv"]
     return losses, pred
 
 
-def disc_step(disc: PatchDiscriminator, fake: Tensor, real: Tensor, cfg: TrainVAEConfig, gen: torch.Generator) -> dict[str, Tensor]:
-    """Discriminator losses on decoded (fake) and true (real) clips (B, T, 3, h, w); 'd_loss' is minimised."""
+def disc_step(
+    disc: PatchDiscriminator, fake: Tensor, real: Tensor, cfg: TrainVAEConfig, gen: torch.Generator,
+    l_real: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Discriminator losses on decoded (fake) and true (real) clips (B, T, 3, h, w); 'd_loss' is minimised.
+    `l_real`: the discriminator's scores of real, with their graph, if already computed this step."""
     fake, real = fake.detach().flatten(0, 1), real.flatten(0, 1)
-    l_fake, l_real = disc(fake), disc(real)
+    l_fake = disc(fake)
+    l_real = disc(real) if l_real is None else l_real
     out = {"d_adv": discriminator_loss(l_fake, l_real)}
     out["d_loss"] = out["d_adv"]
     if cfg.disc_r_weight:
@@ -446,9 +454,13 @@ def train_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
             x = train.sample(gen, cfg.batch_size, cfg.clip_frames, cfg.crop_h, cfg.crop_w)  # (B, T, 3, h, w)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
+            real_logits = None
             if disc is not None:
+                # Scored once per step, with the graph: the decoder's loss uses the values, the
+                # discriminator's loss (after the decoder's update, which leaves it unchanged) the graph.
+                real_logits = disc(x.flatten(0, 1))
                 disc.requires_grad_(False)  # the decoder's update must not fill the discriminator's gradients
-            losses, pred = train_step(vae, x, cfg, disc)
+            losses, pred = train_step(vae, x, cfg, disc, None if real_logits is None else real_logits.detach())
             check_finite(step, losses, state_path if state_path.exists() else None)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -456,7 +468,7 @@ def train_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
             opt.step()
             if disc is not None:
                 disc.requires_grad_(True)
-                d_losses = disc_step(disc, pred, x, cfg, d_gen)
+                d_losses = disc_step(disc, pred, x, cfg, d_gen, real_logits)
                 check_finite(step, d_losses, state_path if state_path.exists() else None)
                 d_opt.zero_grad(set_to_none=True)
                 d_losses["d_loss"].backward()
