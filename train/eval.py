@@ -370,16 +370,16 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             },
             "camera": camera[name],
         }
-    warp_ref = None
-    if warped is not None:  # a reference row, not one of the baselines: what the transformer adds to its warp
-        wp = per_step(psnr, warped, frames, fps)
-        warp_ref = {"autoregressive": {"psnr": at_steps(wp, cfg.ar_steps), "psnr_per_step": wp.mean(0)},
-                    "camera": following(warped, actions, K, fps, cfg)}
-    net_ref = None
-    if network is not None:  # a reference row: the same world with its reprojection memory off
-        npsnr = per_step(psnr, network, frames, fps)
-        net_ref = {"autoregressive": {"psnr": at_steps(npsnr, cfg.ar_steps), "psnr_per_step": npsnr.mean(0)},
-                   "camera": following(network, actions, K, fps, cfg)}
+    def reference(video: np.ndarray | None) -> dict[str, Any] | None:
+        """A reference row, not one of the baselines: autoregressive PSNR and camera following."""
+        if video is None:
+            return None
+        curve = per_step(psnr, video, frames, fps)
+        return {"autoregressive": {"psnr": at_steps(curve, cfg.ar_steps), "psnr_per_step": curve.mean(0)},
+                "camera": following(video, actions, K, fps, cfg)}
+
+    warp_ref = reference(warped)  # what the transformer adds to its warp
+    net_ref = reference(network)  # the same world with its reprojection memory off
     timing["total_s"] = time.perf_counter() - t_start
     timing["model_step_ms"] = 1000.0 * step_s
     results = {

@@ -357,7 +357,7 @@ def train_step(
     real_logits: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Losses of one batch of clips x (B, T, 3, h, w) and the decoded clips; 'loss' is what gets minimised.
-    With a discriminator, `real_logits` (its detached scores of x) saves evaluating it on x again."""
+    With a discriminator, `real_logits` are its detached scores of x (the caller's, reused by `disc_step`)."""
     if cfg.phase == "recon":
         mean, logvar = vae.encode_posterior(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()  # reparameterised sample
@@ -376,23 +376,18 @@ def train_step(
         losses["distill"] = recon_loss(pred, target, cfg.mse_weight)
         losses["loss"] = losses["loss"] + cfg.distill_weight * losses["distill"]
     if disc is not None:
-        if real_logits is None:
-            with torch.no_grad():
-                real_logits = disc(x.flatten(0, 1))
         losses["adv"] = generator_loss(disc(pred.flatten(0, 1)), real_logits)
         losses["loss"] = losses["loss"] + cfg.adv_weight * losses["adv"]
     return losses, pred
 
 
 def disc_step(
-    disc: PatchDiscriminator, fake: Tensor, real: Tensor, cfg: TrainVAEConfig, gen: torch.Generator,
-    l_real: Tensor | None = None,
+    disc: PatchDiscriminator, fake: Tensor, real: Tensor, l_real: Tensor, cfg: TrainVAEConfig, gen: torch.Generator
 ) -> dict[str, Tensor]:
     """Discriminator losses on decoded (fake) and true (real) clips (B, T, 3, h, w); 'd_loss' is minimised.
-    `l_real`: the discriminator's scores of real, with their graph, if already computed this step."""
+    `l_real`: the discriminator's scores of real this step, with their graph."""
     fake, real = fake.detach().flatten(0, 1), real.flatten(0, 1)
     l_fake = disc(fake)
-    l_real = disc(real) if l_real is None else l_real
     out = {"d_adv": discriminator_loss(l_fake, l_real)}
     out["d_loss"] = out["d_adv"]
     if cfg.disc_r_weight:
@@ -468,7 +463,7 @@ def train_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
             opt.step()
             if disc is not None:
                 disc.requires_grad_(True)
-                d_losses = disc_step(disc, pred, x, cfg, d_gen, real_logits)
+                d_losses = disc_step(disc, pred, x, real_logits, cfg, d_gen)
                 check_finite(step, d_losses, state_path if state_path.exists() else None)
                 d_opt.zero_grad(set_to_none=True)
                 d_losses["d_loss"].backward()

@@ -163,7 +163,6 @@ class Viewer:
         if args.reprojection is not None:
             world.meta.reprojection = ReprojectionConfig.parse(args.reprojection)
         self.env = WorldEnv(world=world)
-        world = self.env.world
         self.fps_step = world.frames_per_step
         self.video_fps = world_render_fps(world)
         H, W = world.meta.image_hw

@@ -127,14 +127,14 @@ class StreamingGenerator:
         self.recycled.copy_(x0)
         return x0.clone()
 
+    @torch.no_grad()
     def step(self, actions: np.ndarray, noise: torch.Tensor | None = None) -> torch.Tensor:
         """Relative camera motions (B, 6) or (B, frames_per_step, 6) -> next latent per stream."""
         actions = np.asarray(actions)
-        with torch.no_grad():
-            z = self._evaluate(self.camera_maps(actions), noise)
-            if self.memory is not None:
-                z = self.memory.blend(z, np.stack([integrate(np.eye(4), a) for a in actions]))
-                self.recycled.copy_(z)
+        z = self._evaluate(self.camera_maps(actions), noise)
+        if self.memory is not None:
+            z = self.memory.blend(z, np.stack([integrate(np.eye(4), a) for a in actions]))
+            self.recycled.copy_(z)
         return z
 
     @property
