@@ -1,6 +1,7 @@
-"""The reprojection memory: a still camera keeps its picture, a turn moves it and lets the network
-paint only what came into view, walking hands over to the network, the anchor refreshes, and the
-setting travels through world files and the eval's command line."""
+"""The reprojection memory: a turn moves the anchor and lets the network paint only what came into
+view, a step without a turn is the network's and re-anchors on it, walking hands over to the
+network, the anchor refreshes, and the setting travels through world files and the eval's command
+line."""
 
 import math
 
@@ -33,8 +34,8 @@ def pose(tx: float = 0.0, tz: float = 0.0, yaw: float = 0.0) -> np.ndarray:
     return integrate(np.eye(4), np.array([tx, 0.0, tz, 0.0, yaw, 0.0]))[None]
 
 
-def test_still_camera_keeps_the_anchor_whatever_the_network_says():
-    mem, anchor = memory(), latents()
+def test_still_camera_keeps_the_anchor_whatever_the_network_says_with_min_turn_0():
+    mem, anchor = memory(min_turn=0.0), latents()
     mem.reset(anchor)
     for seed in range(3):
         z = mem.blend(latents(seed=10 + seed), pose())
@@ -67,20 +68,49 @@ def test_a_large_turn_refreshes_the_anchor():
 
 def test_walking_hands_the_picture_to_the_network():
     anchor, generated = latents(), latents(seed=1)
-    mem = memory(travel_scale=10.0)
+    mem = memory(travel_scale=10.0, min_turn=0.0)
     mem.reset(anchor)
     z = mem.blend(generated, pose(tz=10.0))  # one travel_scale forward: trust e^-1
     w = math.exp(-1.0)
     assert torch.allclose(z, w * anchor + (1 - w) * generated, atol=1e-5)
     mem.blend(generated, pose(tz=10.5))  # past 2 travel_scales: re-anchored
     assert np.allclose(mem.pose, np.eye(4))
-    never = memory()  # travel_scale None: walking alone never hands over
+    never = memory(min_turn=0.0)  # travel_scale None: walking alone never hands over
     never.reset(anchor)
     assert torch.allclose(never.blend(generated, pose(tz=500.0)), anchor, atol=1e-5)
 
 
+def test_a_step_without_a_turn_is_the_networks_and_becomes_the_anchor():
+    """Walking straight must not show a still picture: below min_turn the network's latent is shown
+    as it is and re-anchors the memory, so the next turn moves the network's latest picture."""
+    mem, generated = memory(min_turn=0.03), latents(seed=1)
+    mem.reset(latents())
+    z = mem.blend(generated, pose(tz=20.0, yaw=0.02))
+    assert torch.equal(z, generated) and torch.equal(mem.anchor, generated)
+    assert np.allclose(mem.pose, np.eye(4)), "the walk re-anchors"
+    turned = mem.blend(latents(seed=2), pose(yaw=0.3))
+    assert not torch.allclose(turned[..., :-2], latents(seed=2)[..., :-2]), "a turn is the memory's again"
+    back = mem.blend(latents(seed=3), pose(yaw=-0.3))
+    assert torch.allclose(back, generated, atol=1e-5), "and it turns the walked-to picture, not the old one"
+
+
+def test_bicubic_resampling_keeps_more_detail_than_bilinear():
+    """Half a latent cell of turn: bilinear averages neighbours and flattens a stripe pattern (two cells
+    up, two down), which over a long run washed the memory's pictures out; bicubic keeps more of it."""
+    stripes = torch.tensor([1.0, 1.0, -1.0, -1.0] * (LATENT[1] // 4)).expand(1, C, *LATENT).clone()
+    half_cell = math.atan(0.5 * IMG[1] / LATENT[1] / K[0])
+    contrast = {}
+    for mode in ("bilinear", "bicubic"):
+        mem = memory(warp_mode=mode, min_turn=0.0)
+        mem.reset(stripes)
+        z = mem.blend(torch.zeros_like(stripes), pose(yaw=half_cell))
+        contrast[mode] = z[..., 2:-2].abs().mean().item()  # inside, away from the new border
+    assert contrast["bilinear"] < 0.6 and contrast["bicubic"] > contrast["bilinear"] + 0.15, contrast
+
+
 @pytest.mark.parametrize("field, value", [("refresh_coverage", 1.5), ("mask_power", 0.0), ("keep", -0.1),
-                                          ("travel_scale", 0.0)])
+                                          ("travel_scale", 0.0), ("min_turn", -0.1),
+                                          ("warp_mode", "nearest")])
 def test_bad_settings_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         ReprojectionConfig(**{field: value})
@@ -106,7 +136,8 @@ def small_model() -> WorldDiT:
 
 def test_generator_with_memory_keeps_a_still_picture_and_refuses_bare_camera_maps():
     first = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(5))
-    gen = StreamingGenerator(small_model(), 1, (4, 4), K, IMG, CameraStats(), reprojection=ReprojectionConfig())
+    hold = ReprojectionConfig(min_turn=0.0)
+    gen = StreamingGenerator(small_model(), 1, (4, 4), K, IMG, CameraStats(), reprojection=hold)
     plain = StreamingGenerator(small_model(), 1, (4, 4), K, IMG, CameraStats())
     gen.reset(first)
     plain.reset(first)
@@ -139,6 +170,10 @@ def test_command_line_setting_parses_and_names_bad_keys():
     assert ReprojectionConfig.parse("off") is None
     assert ReprojectionConfig.parse("on") == ReprojectionConfig()
     assert ReprojectionConfig.parse("keep=0.5, travel_scale=48") == ReprojectionConfig(keep=0.5, travel_scale=48.0)
+    assert ReprojectionConfig.parse("min_turn=0,warp_mode=bilinear") == ReprojectionConfig(min_turn=0.0,
+                                                                                        warp_mode="bilinear")
+    with pytest.raises(ValueError, match="warp_mode"):
+        ReprojectionConfig.parse("warp_mode=3")
     with pytest.raises(ValueError, match="travel_scale"):
         ReprojectionConfig.parse("trust=1")
     with pytest.raises(ValueError, match="not a number"):

@@ -429,7 +429,8 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     p.add_argument("--device")
     p.add_argument("--test-world", action="store_true", help="evaluate on freedoom1 (held-out test world)")
     p.add_argument("--reprojection", help="override the world's reprojection memory: off, on, or key=value,... "
-                   "(refresh_coverage, mask_power, keep, travel_scale); default: as the world file says")
+                   "(refresh_coverage, mask_power, keep, travel_scale, min_turn, warp_mode); default: as the world "
+                   "file says")
     a = p.parse_args(argv)
     given = {k: v for k, v in vars(a).items() if k not in ("quick", "report") and v is not None}
     given["test_world"] = a.test_world

@@ -70,9 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queue", type=int, default=2, help="frame queue size in steps: how far generation may run ahead")
     p.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
     p.add_argument("--reprojection", default=None,
-                   help="reprojection memory (worldmodel/reproject.py): 'on' turns the picture exactly with the "
-                        "camera, but walking straight shows a still picture; 'off', or key=value,... of its "
-                        "settings (refresh_coverage, mask_power, keep, travel_scale); default: as the world file says")
+                   help="reprojection memory (worldmodel/reproject.py): 'on' (its defaults) turns the picture "
+                        "exactly with the camera while the network draws steps that do not turn; 'off' (the network "
+                        "alone), or key=value,... of its settings (refresh_coverage, mask_power, keep, travel_scale, "
+                        "min_turn, warp_mode); default: as the world file says")
     args = p.parse_args(argv)
     if args.reprojection is not None:
         from worldmodel.reproject import ReprojectionConfig

@@ -3,21 +3,25 @@
 Our small one-step generator turns the picture less than it is told and smears it; the
 commanded rotation, though, says exactly where every cell of an earlier latent lands in the new
 view (translation would need depth, which a latent does not carry). This memory keeps an
-*anchor* latent per stream and the camera motion since it. Each step it resamples the anchor
-into the new view once (`camera.rotation_warp_grid`; once from the anchor, not once per step,
-so resampling blur does not pile up) and blends it with the network's latent:
+*anchor* latent per stream and the camera motion since it. Each step that turns the camera by
+`min_turn` or more, it resamples the anchor into the new view once (`camera.rotation_warp_grid`;
+once from the anchor, not once per step, so resampling blur does not pile up) and blends it
+with the network's latent:
 
     trust = keep * exp(-travel / travel_scale)   # travel: distance walked from the anchor's camera
     m = coverage ** mask_power * trust           # coverage: how much of a cell the anchor still sees
     z = m * reprojected_anchor + (1 - m) * generated
 
-The network paints what comes into view; the rest turns with the camera. Rotation says nothing
-about walking, so with a finite `travel_scale` the anchor is trusted less the further the camera
-walks, and the network takes over. When the anchor covers `refresh_coverage` of the view or less,
-or the camera has walked 2 `travel_scale`s from it, the blended latent becomes the new anchor.
+The network paints what comes into view; the rest turns with the camera. A step that turns by
+less than `min_turn` (walking, mostly) shows the network's latent as it is, and that latent
+becomes the anchor: rotation says nothing about walking, so there the network draws the change.
+The anchor is also renewed (from the blend) once it covers `refresh_coverage` of the view or
+less, or the camera has walked 2 `travel_scale`s from it.
 
-Trade-off (docs/training.md, "Reprojection"): it lowers the rotation error a lot, but with
-full trust a camera that walks without turning sees a still picture.
+Why both `min_turn` and bicubic resampling (docs/training.md, "Reprojection memory"): holding
+the anchor on every step froze the picture while the camera walked straight; with bilinear
+resampling the anchors lost their texture over a 1,440-frame run until turning barely changed
+the picture.
 
     mem = ReprojectionMemory(ReprojectionConfig(), batch, intrinsics, image_hw, latent_hw, channels)
     mem.reset(first_latents)                  # (B, C, h, w)
@@ -49,6 +53,11 @@ class ReprojectionConfig:
     """Weight of the reprojected anchor where it fully covers a cell (1: the network paints borders only)."""
     travel_scale: float | None = None
     """Scene units of walking from the anchor's camera that cut the anchor's trust by e (None: never)."""
+    min_turn: float = 0.03
+    """Steps turning by less than this many radians show the network's latent as it is, and it becomes
+    the anchor (0: the memory holds the picture on every step, so walking straight shows a still one)."""
+    warp_mode: str = "bicubic"
+    """How the anchor is resampled ('bilinear' or 'bicubic'; bilinear blurs a latent cell by up to half)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.refresh_coverage <= 1.0:
@@ -59,6 +68,10 @@ class ReprojectionConfig:
             raise ValueError(f"reprojection travel_scale must be > 0, got {self.travel_scale}")
         if not 0.0 <= self.keep <= 1.0:
             raise ValueError(f"reprojection keep must be in [0, 1], got {self.keep}")
+        if not self.min_turn >= 0.0:
+            raise ValueError(f"reprojection min_turn must be >= 0 (radians), got {self.min_turn}")
+        if self.warp_mode not in ("bilinear", "bicubic"):
+            raise ValueError(f"reprojection warp_mode must be 'bilinear' or 'bicubic', got {self.warp_mode!r}")
 
 
     @classmethod
@@ -68,12 +81,15 @@ class ReprojectionConfig:
             return None
         if spec == "on":
             return cls()
-        kw: dict[str, float] = {}
+        kw: dict[str, float | str] = {}
         for item in spec.split(","):
             key, eq, value = (part.strip() for part in item.partition("="))
             if not eq or key not in cls.__dataclass_fields__:
                 raise ValueError(f"bad reprojection setting {item!r}: expected 'off', 'on' or key=value with keys "
                                  f"{', '.join(cls.__dataclass_fields__)}")
+            if key == "warp_mode":
+                kw[key] = value
+                continue
             try:
                 kw[key] = float(value)
             except ValueError as e:
@@ -119,7 +135,7 @@ class ReprojectionMemory:
         self.pose = self.pose @ steps
         grid = rotation_warp_grid(self.pose[:, :3, :3], self.intrinsics, self.image_hw, self.latent_hw)
         grid = torch.from_numpy(grid).to(self.anchor.device)[:, None]  # (B, 1, 2, h, w)
-        seen = warp_recycled(self.anchor[:, None], grid)[:, 0]
+        seen = warp_recycled(self.anchor[:, None], grid, self.cfg.warp_mode)[:, 0]
         coverage = warp_recycled(self._ones, grid)[:, 0]  # (B, 1, h, w) in [0, 1]
         travel = np.linalg.norm(self.pose[:, :3, 3], axis=-1)
         scale = np.inf if self.cfg.travel_scale is None else self.cfg.travel_scale
@@ -128,6 +144,16 @@ class ReprojectionMemory:
         z = m * seen + (1 - m) * generated.to(self.anchor.dtype)
         refresh = (coverage.mean((1, 2, 3)) <= self.cfg.refresh_coverage).cpu().numpy()
         refresh |= travel > 2 * scale
+        walk = step_angle(steps) < self.cfg.min_turn  # the network draws this step on its own
+        if walk.any():
+            z[walk] = generated[walk].to(z.dtype)
+            refresh |= walk
         if refresh.any():
             self.reset(z[refresh], np.flatnonzero(refresh).tolist())
         return z
+
+
+def step_angle(steps: np.ndarray) -> np.ndarray:
+    """Rotation angle in radians of each step pose (B, 4, 4) -> (B,)."""
+    cos = (np.trace(steps[:, :3, :3], axis1=1, axis2=2) - 1) / 2
+    return np.arccos(np.clip(cos, -1.0, 1.0))
