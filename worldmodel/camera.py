@@ -216,6 +216,12 @@ def pose_camera_maps(
     return maps.reshape(n // frames_per_step, frames_per_step * 6, *grid_hw)
 
 
+def rotation_angle(R: np.ndarray) -> np.ndarray:
+    """Geodesic angle of rotation matrices (..., 3, 3) in radians."""
+    tr = np.trace(np.asarray(R), axis1=-2, axis2=-1)
+    return np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0))
+
+
 def step_rotation(action: np.ndarray) -> np.ndarray:
     """Rotation (3, 3) of the camera at the end of a step in the camera at its start: one action (6,)
     or one per video frame (n, 6), composed as `integrate` does."""

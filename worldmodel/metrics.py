@@ -22,6 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from worldmodel.camera import rotation_angle
+
 # ----------------------------------------------------------------------------- image fidelity
 
 PSNR_CAP_DB = 100.0
@@ -75,8 +77,7 @@ def intrinsics_matrix(intrinsics: Sequence[float]) -> np.ndarray:
 
 def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
     """Geodesic angle of rotation matrices (..., 3, 3) in degrees."""
-    tr = np.trace(np.asarray(R), axis1=-2, axis2=-1)
-    return np.rad2deg(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0)))
+    return np.rad2deg(rotation_angle(R))
 
 
 def angle_between_deg(u: np.ndarray, v: np.ndarray) -> float:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worldmodel.camera import rotation_warp_grid
+from worldmodel.camera import rotation_angle, rotation_warp_grid
 from worldmodel.dit import warp_recycled
 
 
@@ -72,7 +72,6 @@ class ReprojectionConfig:
             raise ValueError(f"reprojection min_turn must be >= 0 (radians), got {self.min_turn}")
         if self.warp_mode not in ("bilinear", "bicubic"):
             raise ValueError(f"reprojection warp_mode must be 'bilinear' or 'bicubic', got {self.warp_mode!r}")
-
 
     @classmethod
     def parse(cls, spec: str) -> ReprojectionConfig | None:
@@ -144,16 +143,10 @@ class ReprojectionMemory:
         z = m * seen + (1 - m) * generated.to(self.anchor.dtype)
         refresh = (coverage.mean((1, 2, 3)) <= self.cfg.refresh_coverage).cpu().numpy()
         refresh |= travel > 2 * scale
-        walk = step_angle(steps) < self.cfg.min_turn  # the network draws this step on its own
+        walk = rotation_angle(steps[:, :3, :3]) < self.cfg.min_turn  # the network draws this step on its own
         if walk.any():
             z[walk] = generated[walk].to(z.dtype)
             refresh |= walk
         if refresh.any():
             self.reset(z[refresh], np.flatnonzero(refresh).tolist())
         return z
-
-
-def step_angle(steps: np.ndarray) -> np.ndarray:
-    """Rotation angle in radians of each step pose (B, 4, 4) -> (B,)."""
-    cos = (np.trace(steps[:, :3, :3], axis1=1, axis2=2) - 1) / 2
-    return np.arccos(np.clip(cos, -1.0, 1.0))
