@@ -48,6 +48,7 @@ from worldmodel.bench.floor import floor_rows, matmul_rate, step_flops
 from worldmodel.bench.generation import memory_row, rollout, speed_row
 from worldmodel.bench.variants import compile_row, cuda_graph_row, thread_rows
 from worldmodel.bench.vector_env import vector_env_rows
+from worldmodel.threads import choose_threads
 
 BUNDLED_FPS_TARGET = 24.0
 """Decoded frames per second the bundled world should reach end to end on the 2-core CPU."""
@@ -98,20 +99,6 @@ def settings(a: argparse.Namespace) -> dict[str, Any]:
     return s
 
 
-def choose_threads(requested: int | None) -> tuple[int, str]:
-    """CPU threads for the run: the flag, else torch's choice, else 1 when the machine is already busy.
-
-    With every core taken by other jobs, two intra-op threads wait on each other at every op
-    and the run gets several times slower than with one (measured: 139 s vs 12 s for --quick).
-    """
-    if requested:
-        return requested, "--threads"
-    cores, load = os.cpu_count() or 1, os.getloadavg()[0]
-    if load >= cores:
-        return 1, f"machine busy (load {load:.1f} on {cores} cores): 1 thread; pass --threads to override"
-    return torch.get_num_threads(), "torch default"
-
-
 def part_ms(row: Row) -> dict[str, float]:
     """The transformer and decode p50 of an end-to-end row, for the compute floor."""
     return {"transformer": row["transformer_p50_ms"], "decode": row["decode_p50_ms"]}
@@ -121,7 +108,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     """Every section in order; returns the JSON-ready result."""
     start = time.perf_counter()
     s = settings(a)
-    threads, why = choose_threads(a.threads)
+    threads, why = choose_threads(a.threads or None)
     torch.set_num_threads(threads)
     s.update(threads=threads, threads_reason=why)
     cpu = torch.device("cpu")
