@@ -7,8 +7,12 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -145,12 +149,65 @@ def config_to_dict(cfg: DiTConfig) -> dict[str, Any]:
 
 
 def config_from_dict(d: dict[str, Any]) -> DiTConfig:
-    """Rebuild a config from `config_to_dict` output; unknown keys are an error."""
-    fields = {f.name for f in dataclasses.fields(DiTConfig)}
+    """Rebuild a config from `config_to_dict` output; unknown keys and wrong types are errors."""
+    return dataclass_from_dict(DiTConfig, d)
+
+
+def type_name(tp: Any) -> str:
+    """A readable name of a field annotation: `int`, `list[float]`, `float | None`."""
+    return tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else str(tp).replace("typing.", "")
+
+
+def matches_type(value: Any, tp: Any) -> bool:
+    """Whether a JSON-like value fits a field annotation (ints count as floats; bools are not numbers).
+
+    Annotations this does not know (nested classes, Callables) are accepted: the class's own
+    checks see those values.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(matches_type(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(matches_type(v, a) for v, a in zip(value, args))
+        return not args or all(matches_type(v, args[0]) for v in value)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict) and (not args or all(matches_type(v, args[1]) for v in value.values()))
+    return True
+
+
+def dataclass_from_dict(cls: type[T], d: Any, what: str | None = None) -> T:
+    """Build config dataclass `cls` from a JSON dict, checking keys and field types first.
+
+    Raises TypeError naming the field and its expected type, or KeyError for unknown keys, so a
+    file's metadata never reaches arithmetic with a string where a number belongs.
+    """
+    what = what or cls.__name__
+    if not isinstance(d, dict):
+        raise TypeError(f"{what} is {type(d).__name__} {d!r:.80}, expected a JSON object with {cls.__name__} fields")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
     bad = set(d) - fields
     if bad:
-        raise KeyError(f"unknown DiTConfig key(s) {sorted(bad)}; known: {sorted(fields)}")
-    return DiTConfig(**d)
+        raise KeyError(f"unknown {cls.__name__} key(s) {sorted(bad)}; known: {sorted(fields)}")
+    for k, v in d.items():
+        if not matches_type(v, hints[k]):
+            raise TypeError(f"{what}.{k} is {type(v).__name__} {v!r:.80}, expected {type_name(hints[k])}")
+    return cls(**d)
 
 
 CAMERA_REFERENCES = ("none", "rest")
