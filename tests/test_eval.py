@@ -64,6 +64,47 @@ def test_teacher_forcing_reconstruction_equals_full_decode_of_real_latents():
     assert not np.array_equal(pred, recon)  # predictions come from the generator, not the real latents
 
 
+def test_decoder_snapshot_restore_forgets_a_what_if_decode():
+    """The eval decodes each teacher-forced prediction from the real past, then restores the decoder:
+    after `restore` the next frames must be exactly those of a decoder that never saw the prediction.
+    Restoring some streams from a lone decoder sets only their rows (how streams restart one by one)."""
+    world = tiny_world((32, 32))
+    z = torch.randn(2, 3, 16, 4, 4, generator=torch.Generator().manual_seed(1))
+    plain, probe = (world.vae.stream_decoder(2, light=world.light_decoder) for _ in range(2))
+    for d in (plain, probe):
+        d.step(z[:, 0])
+    state = probe.snapshot()
+    probe.step(torch.randn(2, 16, 4, 4))  # the what-if latent
+    probe.restore(state)
+    assert probe.t == plain.t == 1
+    torch.testing.assert_close(probe.step(z[:, 1]), plain.step(z[:, 1]), rtol=0, atol=0)
+    solo = world.vae.stream_decoder(1, light=world.light_decoder)
+    solo.step(z[1:, 0])
+    solo.step(z[1:, 1])
+    probe.restore(solo.snapshot(), streams=[0])  # stream 0 now holds stream 1's past
+    out = probe.step(z[[1, 1], 2])  # both streams now have stream 1's past and input
+    torch.testing.assert_close(out[0], solo.step(z[1:, 2])[0], rtol=0, atol=1e-5)  # batch sizes round apart
+    torch.testing.assert_close(out[1], plain.step(z[:, 2])[1], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="decoder state buffer has shape"):
+        probe.restore(solo.snapshot())
+
+
+def test_rollouts_set_their_own_memory_and_leave_the_world_alone():
+    """The eval's "network without its memory" row passes the setting to its streams: the rollout equals
+    that of a world saved without a memory, and the world keeps its own setting afterwards."""
+    from worldmodel.reproject import ReprojectionConfig
+
+    world, bare = tiny_world((32, 32)), tiny_world((32, 32))
+    world.meta.reprojection = ReprojectionConfig(min_turn=0.0)
+    first = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    actions = np.zeros((2, 3, 6))
+    actions[:, :, 4] = 0.2
+    off, _ = rollout(world, first, actions, [0, 1], reprojection=None)
+    np.testing.assert_array_equal(off, rollout(bare, first, actions, [0, 1])[0])
+    assert world.meta.reprojection == ReprojectionConfig(min_turn=0.0)
+    assert not np.array_equal(rollout(world, first, actions, [0, 1])[0], off), "the world's memory is used by default"
+
+
 def test_shuffled_actions_are_a_permutation_across_steps_and_trajectories():
     """The shuffled-camera baseline keeps the same set of motions but breaks their order (and pairing)."""
     a = np.arange(2 * 5 * 6, dtype=float).reshape(2, 5, 6)
@@ -81,6 +122,11 @@ def test_quick_flag_is_the_ci_setting_and_flags_override_it():
     assert (full.trajectories, full.horizon, full.long_steps, full.test_world) == (8, 64, 360, False)
     with pytest.raises(SystemExit):
         parse_args(["--horizon", "0"])
+    with pytest.raises(SystemExit):
+        parse_args(["--threads", "0"])
+    # Outputs land in a git-ignored folder by default; '' turns the report off; threads follow worldmodel.threads.
+    assert full.json.startswith("outputs/") and full.report.startswith("outputs/") and full.threads is None
+    assert parse_args(["--report", ""]).report is None and parse_args(["--threads", "2"]).threads == 2
 
 
 @pytest.mark.slow

@@ -120,5 +120,38 @@ def test_warp_generator_appends_the_step_rotation_grid_to_its_camera_channels():
         for b in range(2):
             want = rotation_warp_grid(step_rotation(one[b]), K, IMG, LATENT)
             np.testing.assert_allclose(cam[b, -2:].numpy(), want, atol=2e-3)
+        torch.testing.assert_close(gen.warp_grid(acts), cam[:, -2:])  # the named grid is the model's input
     gen.reset(first(2))
     assert torch.isfinite(gen.step(one)).all()
+
+
+def test_teacher_forcing_with_the_streams_own_output_is_the_free_step_and_a_real_latent_changes_it():
+    """`step(recycled=...)` conditions on the given previous latent: handing a stream its own last output
+    reproduces the free rollout exactly; another latent changes the prediction; a wrong shape is refused."""
+    free, forced, other = (make_generator(batch=2, seeds=[3, 4]) for _ in range(3))
+    for g in (free, forced, other):
+        g.reset(first(2))
+    acts = actions(2, 3)
+    last, free_steps = first(2), []
+    for i in range(3):
+        free_steps.append(free.step(acts[i]))
+        torch.testing.assert_close(forced.step(acts[i], recycled=last), free_steps[-1], rtol=0, atol=0)
+        last = free_steps[-1]
+    assert not torch.allclose(other.step(acts[0], recycled=torch.zeros(2, 16, *LATENT)), free_steps[0])
+    with pytest.raises(ValueError, match="teacher-forced recycled latent has shape"):
+        other.step(acts[1], recycled=torch.zeros(1, 16, *LATENT))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's divide-by-zero on the zero intrinsics
+@pytest.mark.parametrize("broken, cause", [("weights", "non-finite weights"), ("intrinsics", "intrinsics")])
+def test_a_non_finite_latent_is_refused_naming_its_cause(broken, cause):
+    """NaN weights or zero intrinsics would decode to black frames in silence: the step raises, naming which."""
+    gen = make_generator(batch=1)
+    if broken == "weights":
+        with torch.no_grad():
+            next(gen.model.parameters()).fill_(float("nan"))
+    else:
+        gen.intrinsics = (0.0, 0.0, 15.5, 15.5)
+    gen.reset(first(1))
+    with pytest.raises(FloatingPointError, match=cause):
+        gen.step(np.zeros((1, 6)))

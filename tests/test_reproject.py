@@ -181,3 +181,55 @@ def test_command_line_setting_parses_and_names_bad_keys():
     with pytest.raises(SystemExit):
         parse_args(["--reprojection", "keep=2"])
     assert parse_args(["--reprojection", "on"]).reprojection == "on"
+
+
+def test_a_float32_turn_of_exactly_min_turn_reprojects():
+    """Issue 23: an action stored in float32 (0.03 rad -> 0.0299999993) is a turn of min_turn, not a walk:
+    the memory must reproject it (the comparison is inclusive, up to float rounding), not hand it to the network."""
+    yaw = float(np.float32(0.03))
+    assert yaw < 0.03, "the float32 value really is below the threshold in float64"
+    mem, anchor, generated = memory(min_turn=0.03), latents(), latents(seed=1)
+    mem.reset(anchor)
+    z = mem.blend(generated, pose(yaw=yaw))
+    assert not torch.allclose(z, generated), "a turn of min_turn must blend in the reprojected anchor"
+    walk = memory(min_turn=0.03)
+    walk.reset(anchor)
+    assert torch.equal(walk.blend(generated, pose(yaw=0.029)), generated), "a smaller turn is still the network's"
+
+
+def test_streams_take_their_own_memory_setting_and_leave_the_world_untouched():
+    """`world.streams(reprojection=...)` sets the memory for those streams alone: the eval compares the world
+    with and without its memory without swapping the shared `world.meta` (which was not exception-safe)."""
+    shipped = ReprojectionConfig(min_turn=0.0)
+    world = World(small_model(), CausalVAE(vae_config("tiny")), WorldMeta((32, 32), K, reprojection=shipped))
+    assert world.streams(1).gen.memory is not None
+    off = world.streams(1, reprojection=None)
+    assert off.reprojection is None and off.gen.memory is None
+    other = ReprojectionConfig(keep=0.5)
+    assert world.streams(1, reprojection=other).gen.memory.cfg == other
+    assert world.meta.reprojection == shipped
+    with pytest.raises(ValueError, match="ReprojectionConfig.parse"):
+        world.streams(1, reprojection="on")
+
+
+def test_one_command_line_definition_lists_every_field_with_its_docstring():
+    """The viewer, train.eval and train.bundle share `add_reprojection_argument`: its help names every
+    ReprojectionConfig field with the first sentence of its docstring and its default, and a bad setting
+    exits naming the field."""
+    import argparse
+    import dataclasses
+
+    from worldmodel.reproject import add_reprojection_argument
+
+    p = argparse.ArgumentParser()
+    add_reprojection_argument(p, "Default: as the world file says.")
+    text = " ".join(p.format_help().split())
+    docs = ReprojectionConfig.field_help()
+    for f in dataclasses.fields(ReprojectionConfig):
+        assert f"{f.name} ({f.default}): {docs[f.name]}" in text, f.name
+    assert docs["mask_power"] == "Coverage is raised to this power: > 1 widens the border band the network paints"
+    assert p.parse_args(["--reprojection", "keep=0.5"]).reprojection == "keep=0.5"
+    assert p.parse_args([]).reprojection is None
+    with pytest.raises(SystemExit):
+        p.parse_args(["--reprojection", "keep=2"])
+    assert ReprojectionConfig.parse("travel_scale=none") == ReprojectionConfig(travel_scale=None)

@@ -19,7 +19,7 @@ import torch
 from train.stages.adversarial import widen_bounds
 from worldmodel.checkpoint import load_world_model
 from worldmodel.config import config_to_dict
-from worldmodel.reproject import ReprojectionConfig
+from worldmodel.reproject import ReprojectionConfig, add_reprojection_argument
 from worldmodel.vae import load_vae
 from worldmodel.world import BUNDLED, World
 
@@ -113,14 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(BUNDLED), help=f"where to write the shipped world (default {BUNDLED})")
     p.add_argument("--card-md", default="docs/MODEL_CARD.md", help="Markdown rendering of the card")
     p.add_argument("--fp32", action="store_true", help="keep float32 weights (default: float16 on disk)")
-    p.add_argument("--reprojection", default=None,
-                   help="set the shipped world's reprojection memory (worldmodel/reproject.py): on, off or "
-                        "key=value,...; default: keep the world file's")
+    add_reprojection_argument(p, "Stored in the shipped world; default: keep the world file's.")
     args = p.parse_args(argv)
-    try:
-        memory = None if args.reprojection is None else ReprojectionConfig.parse(args.reprojection)
-    except ValueError as e:
-        p.error(str(e))
 
     world = World.load(args.world)
     if args.generator:
@@ -141,8 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval:
         card["metrics"] = eval_summary(json.loads(Path(args.eval).read_text()))
     world.meta.card = card
-    if args.reprojection is not None:
-        world.meta.reprojection = memory
+    if args.reprojection is not None:  # the shipped setting itself, written once into the file
+        world.meta.reprojection = ReprojectionConfig.parse(args.reprojection)
     world.meta.action_low, world.meta.action_high = widen_bounds(world.meta.action_low, world.meta.action_high)
     if not args.fp32:  # weights only: float16 halves the file; loading casts back to float32
         world.dit.half()

@@ -1,6 +1,6 @@
 """The evaluation report: matplotlib PNG curves, frame strips, a rollout GIF and an index.html linking them.
 
-    write_report(results, arrays, "eval_report/")   # results/arrays from train.eval.evaluate
+    write_report(results, arrays, "outputs/eval/report")   # results/arrays from train.eval.evaluate
 
 Files: `psnr_vs_step.png`, `ssim_vs_step.png`, `rot_err_per_step.png`, `long_run_stats.png`,
 `long_run_psnr.png`, `strip_autoregressive.png`, `strip_long_run.png`, `rollout.gif`, `index.html`.

@@ -30,14 +30,22 @@ the picture.
 
 from __future__ import annotations
 
+import argparse
+import ast
+import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from worldmodel.camera import rotation_angle, rotation_warp_grid
 from worldmodel.dit import warp_recycled
+from worldmodel.indexing import stream_indices
+
+TURN_TOLERANCE = 1e-6
+"""Radians a turn may fall short of `min_turn` and still count as one: an action stored in float32
+(0.03 -> 0.0299999993) must not fall on the walking side of a threshold it was meant to reach."""
 
 
 @dataclass
@@ -80,7 +88,7 @@ class ReprojectionConfig:
             return None
         if spec == "on":
             return cls()
-        kw: dict[str, float | str] = {}
+        kw: dict[str, float | str | None] = {}
         for item in spec.split(","):
             key, eq, value = (part.strip() for part in item.partition("="))
             if not eq or key not in cls.__dataclass_fields__:
@@ -89,11 +97,50 @@ class ReprojectionConfig:
             if key == "warp_mode":
                 kw[key] = value
                 continue
+            if value.lower() == "none" and cls.__dataclass_fields__[key].default is None:
+                kw[key] = None  # an optional field set back to off (travel_scale=none)
+                continue
             try:
                 kw[key] = float(value)
             except ValueError as e:
                 raise ValueError(f"reprojection {key}={value!r} is not a number") from e
         return cls(**kw)
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """Each field's docstring (the text under it in the class body), first sentence only."""
+        try:
+            tree = ast.parse(inspect.getsource(cls))
+        except (OSError, TypeError):  # no source shipped (a frozen or bytecode-only install): help without docs
+            return {}
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        docs: dict[str, str] = {}
+        for field_node, doc in zip(body, body[1:]):
+            if (isinstance(field_node, ast.AnnAssign) and isinstance(field_node.target, ast.Name)
+                    and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)):
+                text = " ".join(str(doc.value.value).split())
+                docs[field_node.target.id] = text.split(". ")[0].rstrip(".")
+        return docs
+
+
+def reprojection_spec(spec: str) -> str:
+    """argparse type of `--reprojection`: the setting unchanged if `ReprojectionConfig.parse` accepts it."""
+    try:
+        ReprojectionConfig.parse(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return spec
+
+
+def add_reprojection_argument(parser: argparse.ArgumentParser, unset: str) -> None:
+    """Add `--reprojection off|on|key=value,...` (kept as the string; None when not given), its help
+    listing every `ReprojectionConfig` field with its docstring and default; `unset` says what no flag means."""
+    docs = ReprojectionConfig.field_help()
+    keys = "; ".join(f"{f.name} ({f.default}): {docs.get(f.name, '')}" for f in fields(ReprojectionConfig))
+    text = (f"reprojection memory (worldmodel/reproject.py): 'off' (the network alone), 'on' (the defaults) or "
+            f"key=value,... of: {keys}. {unset}")
+    parser.add_argument("--reprojection", default=None, type=reprojection_spec, metavar="off|on|KEY=VALUE,...",
+                        help=text.replace("%", "%%"))
 
 
 class ReprojectionMemory:
@@ -118,7 +165,7 @@ class ReprojectionMemory:
 
     def reset(self, latents: torch.Tensor, streams: Sequence[int] | None = None) -> None:
         """Anchor streams (default: all) on their first latents (len(streams) or B, C, h, w)."""
-        idx = list(range(self.batch)) if streams is None else list(streams)
+        idx = stream_indices(streams, self.batch)
         self.anchor[idx] = latents.to(self.anchor.device, self.anchor.dtype)
         self.pose[idx] = np.eye(4)
 
@@ -143,7 +190,8 @@ class ReprojectionMemory:
         z = m * seen + (1 - m) * generated.to(self.anchor.dtype)
         refresh = (coverage.mean((1, 2, 3)) <= self.cfg.refresh_coverage).cpu().numpy()
         refresh |= travel > 2 * scale
-        walk = rotation_angle(steps[:, :3, :3]) < self.cfg.min_turn  # the network draws this step on its own
+        # The network draws this step on its own; a turn of exactly min_turn (up to float32 rounding) reprojects.
+        walk = rotation_angle(steps[:, :3, :3]) < self.cfg.min_turn - TURN_TOLERANCE
         if walk.any():
             z[walk] = generated[walk].to(z.dtype)
             refresh |= walk

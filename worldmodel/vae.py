@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodel.config import from_registry
+from worldmodel.indexing import stream_indices
 
 # ----------------------------------------------------------------------------- config
 
@@ -417,6 +419,16 @@ class CausalVAE(nn.Module):
         return StreamEncoder(self, batch_size)
 
 
+@dataclass
+class DecoderState:
+    """A copy of a `StreamDecoder`'s cache (one tensor per causal conv) and its step count."""
+
+    buffers: list[Tensor]
+    """Past-frame features of every causal conv, (B, frames, C, H, W) each."""
+    t: int
+    """Latent frames decoded since reset."""
+
+
 class StreamDecoder:
     """Decodes one latent frame per `step`, exactly as `CausalVAE.decode` would, with a fixed-shape cache."""
 
@@ -429,6 +441,28 @@ class StreamDecoder:
         """Start a new video (zero the cache in place)."""
         self.cache.reset()
         self.t = 0
+
+    def snapshot(self) -> DecoderState:
+        """A copy of where every stream's decode stands, to `restore` after decoding a what-if latent."""
+        return DecoderState([b.clone() for b in self.cache.buffers], self.t)
+
+    def restore(self, state: DecoderState, streams: Sequence[int] | None = None) -> None:
+        """Put the cache back to `state` in place (its buffers never move).
+
+        With `streams`, only those rows are set, from a state of a decoder with one row per named
+        stream (e.g. a lone decoder that decoded their first latents); the step count stays.
+        """
+        if len(state.buffers) != len(self.cache.buffers):
+            raise ValueError(f"decoder state holds {len(state.buffers)} cache buffers, this decoder has "
+                             f"{len(self.cache.buffers)}; restore only a snapshot of the same decoder after a step")
+        idx = slice(None) if streams is None else stream_indices(streams, self.batch_size)
+        for mine, saved in zip(self.cache.buffers, state.buffers, strict=True):
+            want = mine[idx].shape
+            if saved.shape != want:
+                raise ValueError(f"decoder state buffer has shape {tuple(saved.shape)}, expected {tuple(want)}")
+            mine[idx] = saved
+        if streams is None:
+            self.t = state.t
 
     @torch.no_grad()
     def step(self, latent: Tensor) -> Tensor:

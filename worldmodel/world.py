@@ -20,21 +20,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from worldmodel.checkpoint import (
     CheckpointError,
-    load_checkpoint,
-    load_state_strict,
+    camera_stats_from_meta,
+    config_from_meta,
+    dit_config_from_meta,
+    load_meta,
+    load_modules,
+    read_tensor_index,
     save_world_model,
-    subset,
 )
-from worldmodel.config import CameraStats, DiTConfig, config_from_dict
+from worldmodel.config import CameraStats, DiTConfig
 from worldmodel.dit import WorldDiT
 from worldmodel.generator import StreamingGenerator
+from worldmodel.indexing import stream_indices
 from worldmodel.reproject import ReprojectionConfig
 from worldmodel.vae import CausalVAE, StreamDecoder, VAEConfig
 
@@ -52,6 +56,39 @@ class WorldMeta:
     card: dict[str, Any] = field(default_factory=dict)
     reprojection: ReprojectionConfig | None = None
 
+    def __post_init__(self) -> None:
+        # Checked here, not at the first reset or step: zero focal lengths decode to black frames,
+        # a string where a number belongs fails deep inside the camera maths.
+        self.image_hw = _numbers("image_hw", self.image_hw, 2, "(height, width) in pixels", integer=True)
+        if min(self.image_hw) <= 0:
+            raise ValueError(f"image_hw {self.image_hw} must be positive (height, width) in pixels")
+        self.intrinsics = list(_numbers("intrinsics", self.intrinsics, 4, "[fx, fy, cx, cy] in pixels"))
+        if self.intrinsics[0] <= 0 or self.intrinsics[1] <= 0:
+            raise ValueError(f"intrinsics {self.intrinsics} need positive focal lengths fx, fy (pixels of image_hw)")
+        self.action_low = list(_numbers("action_low", self.action_low, 6, "[tx, ty, tz, rx, ry, rz]"))
+        self.action_high = list(_numbers("action_high", self.action_high, 6, "[tx, ty, tz, rx, ry, rz]"))
+        if any(lo > hi for lo, hi in zip(self.action_low, self.action_high)):
+            raise ValueError(f"action_low {self.action_low} exceeds action_high {self.action_high} somewhere")
+        if not isinstance(self.card, dict):
+            raise TypeError(f"card is {type(self.card).__name__}, expected a dict (JSON object)")
+        if self.reprojection is not None and not isinstance(self.reprojection, ReprojectionConfig):
+            raise TypeError(f"reprojection is {type(self.reprojection).__name__}, expected ReprojectionConfig or None")
+
+
+def _numbers(key: str, value: Any, n: int, what: str, integer: bool = False) -> tuple:
+    """`value` as a tuple of n finite Python numbers, else an error naming `key` and the expected type."""
+    kind = "integers" if integer else "finite numbers"
+    seq = value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else value
+    if not isinstance(seq, (list, tuple)) or len(seq) != n:
+        raise TypeError(f"{key} is {type(value).__name__} {value!r:.80}, expected {n} {kind} {what}")
+    out = []
+    for v in seq:
+        ok = isinstance(v, (int, np.integer)) if integer else isinstance(v, (int, float, np.integer, np.floating))
+        if isinstance(v, (bool, np.bool_)) or not ok or (not integer and not np.isfinite(v)):
+            raise TypeError(f"{key} is {list(seq)!r:.80}, expected {n} {kind} {what}")
+        out.append(int(v) if integer else float(v))
+    return tuple(out)
+
 
 def images_to_video(images: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 1, 3, H, W) in [-1, 1]."""
@@ -63,6 +100,43 @@ def video_to_uint8(video: torch.Tensor) -> np.ndarray:
     """float (B, T, 3, H, W) in [-1, 1] -> uint8 (B, T, H, W, 3)."""
     x = ((video.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
     return x.permute(0, 1, 3, 4, 2).cpu().numpy()
+
+
+def world_meta_from_dict(meta: dict[str, Any], path: str | Path) -> WorldMeta:
+    """The WorldMeta of a world file's metadata; CheckpointError names the file, the key and what was expected."""
+    reprojection = meta.get("reprojection")
+    if reprojection is not None:
+        reprojection = config_from_meta(meta, "reprojection", ReprojectionConfig, path)
+    try:
+        return WorldMeta(
+            image_hw=meta["image_hw"],
+            intrinsics=meta["intrinsics"],
+            action_low=meta.get("action_low", [-1.0] * 6),
+            action_high=meta.get("action_high", [1.0] * 6),
+            card=meta.get("card", {}),
+            reprojection=reprojection,
+        )
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"world file {path} has invalid metadata: {e}") from e
+
+
+def check_world_parts(
+    meta: WorldMeta, cfg: DiTConfig, vcfg: VAEConfig, start_shape: Sequence[int] | None = None
+) -> None:
+    """Raise ValueError unless the frame size, the VAE, the transformer and the start frames fit together."""
+    H, W = meta.image_hw
+    f = vcfg.spatial_factor
+    if H % f or W % f:
+        raise ValueError(f"image_hw {H}x{W} is not divisible by the VAE's spatial factor {f}")
+    if vcfg.latent_channels != cfg.latent_channels or vcfg.temporal_factor != cfg.frames_per_step:
+        raise ValueError(
+            f"VAE ({vcfg.latent_channels} channels, {vcfg.temporal_factor}x time) does not match the "
+            f"transformer ({cfg.latent_channels} channels, {cfg.frames_per_step} frames per step)"
+        )
+    if start_shape is not None and (len(start_shape) != 4 or tuple(start_shape[1:]) != (H, W, 3)):
+        raise ValueError(
+            f"start_frames have shape {tuple(start_shape)}, expected (S, {H}, {W}, 3) to match image_hw {H}x{W}"
+        )
 
 
 class World:
@@ -83,15 +157,11 @@ class World:
         self.camera_stats = camera_stats or CameraStats()
         self.start_frames = start_frames
         self.light_decoder = light_decoder
-        H, W = meta.image_hw
+        check_world_parts(meta, self.cfg, vae.cfg, None if start_frames is None else np.shape(start_frames))
+        if start_frames is not None and np.asarray(start_frames).dtype != np.uint8:
+            raise ValueError(f"start_frames are {np.asarray(start_frames).dtype}, expected uint8 (S, H, W, 3)")
         f = vae.cfg.spatial_factor
-        vae.check_size(H, W)
-        self.latent_hw = (H // f, W // f)
-        if vae.cfg.latent_channels != self.cfg.latent_channels or vae.cfg.temporal_factor != self.cfg.frames_per_step:
-            raise ValueError(
-                f"VAE ({vae.cfg.latent_channels} channels, {vae.cfg.temporal_factor}x time) does not match the "
-                f"transformer ({self.cfg.latent_channels} channels, {self.cfg.frames_per_step} frames per step)"
-            )
+        self.latent_hw = (meta.image_hw[0] // f, meta.image_hw[1] // f)
 
     @property
     def device(self) -> torch.device:
@@ -109,33 +179,26 @@ class World:
         path = Path(path) if path is not None else BUNDLED
         if path == BUNDLED and not path.exists():
             raise CheckpointError(f"the bundled world {path} is missing; pass checkpoint=PATH to a world file")
-        tensors, meta = load_checkpoint(path, device)
+        # Everything below the weights is checked first, from the header alone, so a bad or
+        # hostile file is rejected before a model of the size it declares is allocated.
+        meta = load_meta(path)
         for key in ("dit_config", "vae_config", "image_hw", "intrinsics"):
             if key not in meta:
                 raise CheckpointError(f"checkpoint {path} lacks '{key}' in its metadata; not a world file")
+        cfg = dit_config_from_meta(meta, path)
+        vcfg = config_from_meta(meta, "vae_config", VAEConfig, path)
+        stats = camera_stats_from_meta(meta, path)
+        wm = world_meta_from_dict(meta, path)
         try:
-            cfg = config_from_dict(meta["dit_config"])
-            vcfg = VAEConfig(**meta["vae_config"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"checkpoint {path} has an invalid config: {e}") from e
-        dit, vae = WorldDiT(cfg).to(device), CausalVAE(vcfg).to(device)
-        load_state_strict(dit, subset(tensors, "dit"), path)
-        load_state_strict(vae, subset(tensors, "vae"), path)
-        stats = CameraStats(**meta["camera_stats"]) if meta.get("camera_stats") else None
-        wm = WorldMeta(
-            image_hw=tuple(meta["image_hw"]),
-            intrinsics=list(meta["intrinsics"]),
-            action_low=list(meta.get("action_low", [-1.0] * 6)),
-            action_high=list(meta.get("action_high", [1.0] * 6)),
-            card=dict(meta.get("card", {})),
-        )
-        if meta.get("reprojection") is not None:
-            try:
-                wm.reprojection = ReprojectionConfig(**meta["reprojection"])
-            except (TypeError, ValueError) as e:
-                raise CheckpointError(f"checkpoint {path} has an invalid reprojection config: {e}") from e
+            check_world_parts(wm, cfg, vcfg, read_tensor_index(path).get("start_frames"))
+        except ValueError as e:
+            raise CheckpointError(f"world file {path} is inconsistent: {e}") from e
+        modules, tensors = load_modules(path, {"dit": lambda: WorldDiT(cfg), "vae": lambda: CausalVAE(vcfg)}, device)
         start = tensors.get("start_frames")
-        return cls(dit, vae, wm, stats, None if start is None else start.cpu().numpy())
+        try:
+            return cls(modules["dit"], modules["vae"], wm, stats, None if start is None else start.cpu().numpy())
+        except ValueError as e:
+            raise CheckpointError(f"world file {path} is inconsistent: {e}") from e
 
     def save(self, path: str | Path) -> None:
         """Write everything needed to rebuild this world into one safetensors file."""
@@ -163,20 +226,33 @@ class World:
             raise ValueError(f"start images are {images.dtype}{images.shape}, expected uint8 (B, {H}, {W}, 3)")
         return self.vae.encode(images_to_video(images, self.device, next(self.vae.parameters()).dtype))[:, 0]
 
-    def streams(self, batch: int, seeds: Sequence[int] | None = None, window: int | None = None) -> WorldStreams:
-        """A batch of independent streams over this world."""
-        return WorldStreams(self, batch, seeds, window)
+    def streams(
+        self, batch: int, seeds: Sequence[int] | None = None, window: int | None = None,
+        reprojection: ReprojectionConfig | None | Literal["world"] = "world",
+    ) -> WorldStreams:
+        """A batch of independent streams over this world; `reprojection` sets their memory for them alone
+        (None: the network alone; "world": what the world file says), leaving `meta` untouched."""
+        return WorldStreams(self, batch, seeds, window, reprojection)
 
 
 class WorldStreams:
     """B streams stepping together: one transformer evaluation and one decode per step."""
 
-    def __init__(self, world: World, batch: int, seeds: Sequence[int] | None, window: int | None) -> None:
+    def __init__(
+        self, world: World, batch: int, seeds: Sequence[int] | None, window: int | None,
+        reprojection: ReprojectionConfig | None | Literal["world"] = "world",
+    ) -> None:
         self.world, self.batch = world, batch
         m = world.meta
+        if isinstance(reprojection, str) and reprojection != "world":
+            raise ValueError(f"reprojection is {reprojection!r}: pass a ReprojectionConfig, None (off) or 'world' "
+                             f"(the world file's); parse a command-line setting with ReprojectionConfig.parse")
+        # The memory these streams blend with (None: the network alone); set per batch of streams, so
+        # a caller comparing settings never has to swap the world's shared `meta`.
+        self.reprojection: ReprojectionConfig | None = m.reprojection if isinstance(reprojection, str) else reprojection
         self.gen = StreamingGenerator(
             world.dit, batch, world.latent_hw, m.intrinsics, m.image_hw, world.camera_stats, window, seeds=seeds,
-            reprojection=m.reprojection,
+            reprojection=self.reprojection,
         )
         self.decoder: StreamDecoder = world.vae.stream_decoder(batch, light=world.light_decoder)
         self.last_timing = {"transformer_s": 0.0, "decode_s": 0.0}
@@ -186,7 +262,7 @@ class WorldStreams:
               seeds: Sequence[int] | None = None) -> np.ndarray:
         """Start streams from uint8 images (len(streams) or B, H, W, 3); returns each image decoded
         through the VAE, repeated to (n, fps, H, W, 3) so every observation has the same layout."""
-        idx = list(range(self.batch)) if streams is None else list(streams)
+        idx = stream_indices(streams, self.batch)
         z0 = self.world.encode_images(images)
         if seeds is not None:
             self.gen.seed(seeds, idx)
@@ -198,12 +274,11 @@ class WorldStreams:
             first = self.decoder.step(z0)  # (B, 1, 3, H, W): primes every stream's decoder cache
             self._started = True
         else:
-            # Prime only these streams: decode their first latent alone, then copy the
+            # Prime only these streams: decode their first latent alone, then put the
             # resulting cache rows into the batched decoder (its buffers never move).
             solo = self.world.vae.stream_decoder(len(idx), light=self.world.light_decoder)
             first = solo.step(z0)
-            for big, small in zip(self.decoder.cache.buffers, solo.cache.buffers, strict=True):
-                big[idx] = small
+            self.decoder.restore(solo.snapshot(), idx)
         return np.repeat(video_to_uint8(first), self.world.frames_per_step, axis=1)
 
     def step(self, actions: np.ndarray) -> np.ndarray:
