@@ -6,7 +6,7 @@ import torch
 from worldmodel.attention import FrameLayout, block_causal_attention, flash_available, resolve_backend
 
 LAYOUTS = [
-    FrameLayout(context=0, frame_tokens=6, frames=5, window=None),
+    FrameLayout(context=0, frame_tokens=6, frames=5, window=4),  # window >= frames - 1: every past frame
     FrameLayout(context=3, frame_tokens=6, frames=7, window=2),  # sliding window + sink copies
     FrameLayout(context=0, frame_tokens=4, frames=6, window=1),
 ]

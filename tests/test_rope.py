@@ -1,8 +1,9 @@
 """3D RoPE: resolution stretching, unbounded temporal positions, relative-only scores."""
 
+import numpy as np
 import torch
 
-from worldmodel.rope import Rope3D, apply_rotary, cos_sin, split_dims
+from worldmodel.rope import PositionPlan, Rope3D, apply_rotary, cos_sin, sink_frame, split_dims
 
 rope = Rope3D(head_dim=32, ref_grid=(26, 46))
 
@@ -48,3 +49,20 @@ def test_tables_do_not_follow_the_default_device():
     torch.testing.assert_close(built_elsewhere.spatial_angles((13, 23)), rope.spatial_angles((13, 23)))
     frames = torch.arange(3, dtype=torch.float64)
     torch.testing.assert_close(built_elsewhere.temporal_angles(frames), rope.temporal_angles(frames))
+
+
+def test_both_paths_get_the_same_angles_from_one_plan():
+    """A clip's plan and a cached step's plan agree frame by frame: query/key angles at the frame,
+    and the sink turned to `sink_frame`, never more than window + 1 behind the query."""
+    W, F, grid = 2, 8, (3, 4)
+    N = grid[0] * grid[1]
+    clip = PositionPlan.clip(rope, F, grid, W, 0, torch.float64, torch.device("cpu"))
+    for n in range(F):
+        pos = np.array([n], dtype=np.float64)
+        step = PositionPlan.step(rope, grid, torch.from_numpy(pos), torch.from_numpy(sink_frame(pos, W)),
+                                 torch.float64, torch.float64)
+        for a, b in zip(step.qk, clip.qk, strict=True):
+            torch.testing.assert_close(a[0, 0], b[n * N : (n + 1) * N])
+        for a, b in zip(step.sink, clip.sink, strict=True):
+            torch.testing.assert_close(a[0, 0], b[n])
+        assert 0 <= n - sink_frame(pos, W)[0] <= W + 1

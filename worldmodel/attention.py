@@ -11,14 +11,21 @@ Rules (`FrameLayout.allowed`):
   window of the last `window` frames plus the first frame (the sink);
 - the sink's temporal distance is capped at `window + 1`, the largest distance the
   window itself can produce, so no query ever sees a position outside the trained
-  range. A cap that depends on the query cannot be expressed by RoPE on one key, so
-  each frame n > window + 1 gets its own copy of the first frame's keys, rotated for
-  that query (the model builds them; the layout only says who sees which copy).
-  The streaming generator reproduces exactly this by re-rotating its sink each step.
+  range (`rope.sink_frame`). A cap that depends on the query cannot be expressed by
+  RoPE on one key, so each frame n > window + 1 gets its own copy of the first frame's
+  keys, turned for that query (`ClipAttention` builds them; the layout only says who
+  sees which copy). The cached step reproduces exactly this by turning its sink each step.
 
 Backends: "sdpa" (explicit boolean mask; the reference), "flex" (FlexAttention block
 mask; compiled on CUDA, eager on CPU), "flash" (flash-attn, one call per query frame,
 CUDA only). "auto" picks flash > flex on CUDA and sdpa on CPU.
+
+How a block attends: it hands its heads to its `attention` callable together with the
+forward's `Attend` object, `ClipAttention` (a whole clip: RoPE, sink copies, the joint
+context, block-causal attention) or `StepAttention` (one frame per stream against a
+`FrameCache`). Both take their angles from one `rope.PositionPlan`. The callable is
+`LocalAttention` (every head here) unless `worldmodel.parallel.parallelize` injects
+`UlyssesAttention`, which runs the same `Attend` on this rank's heads of the whole sequence.
 """
 
 from __future__ import annotations
@@ -27,11 +34,18 @@ import functools
 import importlib.util
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 
+from worldmodel.rope import PositionPlan, apply_rotary
+
+if TYPE_CHECKING:
+    from worldmodel.kv_cache import FrameCache
+
 BACKENDS = ("auto", "sdpa", "flex", "flash")
+QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -41,19 +55,18 @@ class FrameLayout:
     context: int
     frame_tokens: int
     frames: int
-    window: int | None = None  # None: every past frame is visible
+    window: int
+    """Past frames each frame sees besides the sink; `window >= frames - 1` means all of them."""
 
     @property
     def sink_copies(self) -> int:
         """Number of query frames (n > window + 1) that need their own re-rotated sink keys."""
-        if self.window is None:
-            return 0
         return max(0, self.frames - (self.window + 2))
 
     @property
     def first_copy_frame(self) -> int:
         """Query frame served by sink copy 0."""
-        return (self.window or 0) + 2
+        return self.window + 2
 
     @property
     def q_len(self) -> int:
@@ -72,15 +85,12 @@ class FrameLayout:
         kv_frame = (kv_idx >= C) & (kv_idx < self.q_len)
         kf = (kv_idx - C) // N
         causal = kv_frame & (kf <= qf)
-        if self.window is not None:
-            W = self.window
-            in_window = kf >= qf - W
-            # Until the window slides past it, the first frame is an ordinary past frame.
-            sink_direct = (kf == 0) & (qf <= W + 1)
-            copy = (kv_idx >= self.q_len) & ((kv_idx - self.q_len) // N + self.first_copy_frame == qf)
-            video = (causal & (in_window | sink_direct)) | copy
-        else:
-            video = causal
+        W = self.window
+        in_window = kf >= qf - W
+        # Until the window slides past it, the first frame is an ordinary past frame.
+        sink_direct = (kf == 0) & (qf <= W + 1)
+        copy = (kv_idx >= self.q_len) & ((kv_idx - self.q_len) // N + self.first_copy_frame == qf)
+        video = (causal & (in_window | sink_direct)) | copy
         return torch.where(q_ctx, kv_ctx, kv_ctx | video)
 
     def dense_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -169,7 +179,7 @@ def _visible_ranges(layout: FrameLayout, n: int) -> list[tuple[int, int]]:
     """Contiguous key ranges visible to query frame n (same rule as `allowed`)."""
     C, N, W = layout.context, layout.frame_tokens, layout.window
     ranges = [(0, C)] if C else []
-    if W is None or n <= W + 1:
+    if n <= W + 1:
         return ranges + [(C, C + (n + 1) * N)]
     j = n - layout.first_copy_frame
     copy = (layout.q_len + j * N, layout.q_len + (j + 1) * N)
@@ -196,3 +206,81 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: t
     """One frame's queries against a static KV buffer: q (B,H,N,d), k/v (B,H,Lk,d), valid (B,Lk) or None."""
     mask = None if valid is None else valid[:, None, None, :]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+# ---- how one forward attends ---------------------------------------------------------------
+
+
+class Attend(Protocol):
+    """One forward's attention over whole-sequence heads: q, k, v (B, h, L, d) + context q, k, v or None
+    -> (video output (B, h, L, d), context output (B, h, C, d) or None)."""
+
+    writes_cache: ClassVar[bool]
+    """True when attending writes a KV cache (a step that must never be recomputed)."""
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: QKV | None,
+                 layer: int) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+@dataclass(frozen=True)
+class ClipAttention:
+    """A whole clip at once (training): RoPE, the sink's copies, the joint context, block-causal attention."""
+
+    layout: FrameLayout
+    """The clip's frames, window and context length."""
+    positions: PositionPlan
+    """Angles of every token (F*N) and the sink's turn per query frame (F)."""
+    backend: str = "auto"
+    """Attention backend (`BACKENDS`)."""
+    writes_cache: ClassVar[bool] = False
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: QKV | None,
+                 layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q, k, v (B, h, F*N, d) of every frame; ctx (B, h, C, d) each or None."""
+        lay = self.layout
+        q, k = apply_rotary(q, *self.positions.qk), apply_rotary(k, *self.positions.qk)
+        if lay.sink_copies:  # frame 0's keys, turned once for each query frame past window + 1
+            N, S = lay.frame_tokens, lay.sink_copies
+            cos, sin = (z[lay.first_copy_frame :] for z in self.positions.sink)  # (S, 1, P)
+            k = torch.cat([k, apply_rotary(k[:, :, None, :N], cos, sin).flatten(2, 3)], dim=2)  # + (B, h, S*N, d)
+            v = torch.cat([v, v[:, :, :N].repeat(1, 1, S, 1)], dim=2)
+        if ctx is not None:
+            q, k, v = (torch.cat([c, z], 2) for c, z in zip(ctx, (q, k, v)))
+        o = block_causal_attention(q, k, v, lay, self.backend)  # (B, h, C + F*N, d)
+        C = lay.context
+        return o[:, :, C:], (o[:, :, :C] if ctx is not None else None)
+
+
+@dataclass(frozen=True)
+class StepAttention:
+    """One frame per stream against a KV cache (inference, student forcing)."""
+
+    cache: FrameCache
+    """The cache, already `prepare()`d for this step."""
+    positions: PositionPlan
+    """Angles of this frame's tokens per stream and the sink's turn per stream."""
+    writes_cache: ClassVar[bool] = True
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: QKV | None,
+                 layer: int) -> tuple[torch.Tensor, None]:
+        """q, k, v (B, h, N, d) of this frame; the context, if any, is already in the cache."""
+        self.cache.write(layer, apply_rotary(k, *self.positions.qk), v)
+        keys, values, valid = self.cache.visible(layer, self.positions.sink)
+        return cached_attention(apply_rotary(q, *self.positions.qk).to(keys.dtype), keys, values, valid), None
+
+
+class LocalAttention:
+    """Every head on this process: a block's attention callable unless `parallelize` injects another."""
+
+    def __call__(self, attend: Attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: QKV | None,
+                 layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run `attend` on q, k, v (B, H, L, d) as they are."""
+        return attend(q, k, v, ctx, layer)
+
+    def local_heads(self, heads: int) -> int:
+        """Heads this process attends over (and its KV cache holds)."""
+        return heads
+
+    def cache_heads(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """This process's heads of replicated (B, H, C, d) tensors, for its KV cache."""
+        return xs

@@ -6,7 +6,12 @@ from the last two camera channels) and the camera (Plücker) channels. Frames ar
 into N tokens each; blocks are MMDiT (a video stream plus an optional context stream,
 joint attention, adaLN-Zero from the per-frame timestep). Attention is block causal
 over frames (attention.py); `forward` runs a whole clip in parallel (training) and
-`forward_step` runs one frame per stream against a KV cache (inference).
+`forward_step` runs one frame per stream against a KV cache (inference). Both paths run the
+same blocks (`BlockStack`) with a different `attention.Attend` and one `rope.PositionPlan`.
+
+Scale-out is applied beside the model (worldmodel/parallel/parallelize.py): context
+parallelism shards the token stream at the `BlockStack`'s entry and exit with module hooks and
+swaps each block's `attention` callable; activation checkpointing hooks each block.
 """
 
 from __future__ import annotations
@@ -17,12 +22,11 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from worldmodel.attention import FrameLayout, block_causal_attention, cached_attention
+from worldmodel.attention import Attend, ClipAttention, FrameLayout, LocalAttention, StepAttention
 from worldmodel.config import DiTConfig
-from worldmodel.kv_cache import KVCache
-from worldmodel.rope import Rope3D, apply_rotary, cos_sin
+from worldmodel.kv_cache import FrameCache, KVCache
+from worldmodel.rope import PositionPlan, Rope3D
 
 
 RESIDUAL_MIN_T = 0.05
@@ -96,13 +100,10 @@ class StreamAttnParams(nn.Module):
 class MMDiTBlock(nn.Module):
     """Video stream with adaLN-Zero, optional context stream, joint block-causal attention."""
 
-    cp = None
-    """Ulysses context-parallel hook (worldmodel.parallel.ulysses.UlyssesGroup), set by
-    `parallelize`; None in one process. With it, x holds this rank's frames only."""
-
-    def __init__(self, cfg: DiTConfig) -> None:
+    def __init__(self, cfg: DiTConfig, layer: int = 0) -> None:
         super().__init__()
         D, hidden = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
+        self.layer = layer  # index in the stack: which KV-cache layer a cached step writes
         self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.attn = StreamAttnParams(D, cfg.heads, cfg.qk_norm)
         self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
@@ -116,6 +117,8 @@ class MMDiTBlock(nn.Module):
             self.c_attn = StreamAttnParams(D, cfg.heads, cfg.qk_norm)
             self.c_norm2 = nn.LayerNorm(D, eps=1e-6)
             self.c_mlp = Mlp(D, hidden)
+        # Runs an `Attend` on this block's heads; `parallelize` swaps in UlyssesAttention for CP.
+        self.attention = LocalAttention()
 
     def context_qkv(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Context tokens (B, C, D) -> q, k, v (B, H, C, d)."""
@@ -127,73 +130,43 @@ class MMDiTBlock(nn.Module):
         return c + self.c_mlp(self.c_norm2(c))
 
     def forward(
-        self,
-        x: torch.Tensor,
-        temb: torch.Tensor,
-        c: torch.Tensor | None,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        sink_rope: tuple[torch.Tensor, torch.Tensor] | None,
-        layout: FrameLayout,
-        backend: str,
+        self, x: torch.Tensor, temb: torch.Tensor, c: torch.Tensor | None, attend: Attend
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Parallel forward. x (B, F*N, D), temb (B, F, D), c (B, C, D) or None."""
+        """x (B, L, D): whole frames, or part of one frame's tokens; temb (B, F, D), one row per frame of x;
+        c (B, C, D) or None. Returns the updated (x, c)."""
         B, L, D = x.shape
-        N = layout.frame_tokens
-        Fr = L // N  # this rank's frames (all of them without context parallelism)
+        Fr = temb.shape[1]
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(temb).chunk(6, dim=-1)  # each (B, F, D)
-        h = modulate(self.norm1(x).view(B, Fr, N, D), sh1, sc1).view(B, L, D)
+        h = modulate(self.norm1(x).view(B, Fr, -1, D), sh1, sc1).view(B, L, D)
         q, k, v = self.attn.qkv_heads(h)  # (B, H, L, d)
-        if self.cp is not None:  # Ulysses: (B, H, L/cp, d) token shards -> (B, H/cp, L, d) head shards
-            q, k, v = self.cp.seq_to_heads(torch.cat([q, k, v])).chunk(3)
-        k0 = k[:, :, :N]  # first frame's keys before RoPE, for the re-rotated sink copies
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        if layout.sink_copies:
-            S = layout.sink_copies
-            k = torch.cat([k, apply_rotary(k0.repeat(1, 1, S, 1), *sink_rope)], dim=2)
-            v = torch.cat([v, v[:, :, :N].repeat(1, 1, S, 1)], dim=2)
-        if c is not None:
-            cq, ck, cv = self.context_qkv(c)
-            if self.cp is not None:  # the context is replicated: keep this rank's heads
-                cq, ck, cv = (self.cp.head_slice(z) for z in (cq, ck, cv))
-            q, k, v = torch.cat([cq, q], 2), torch.cat([ck, k], 2), torch.cat([cv, v], 2)
-        o = block_causal_attention(q, k, v, layout, backend)  # (B, H, C + L, d)
-        Cn = layout.context
-        oc, o = o[:, :, :Cn], o[:, :, Cn:]
-        if self.cp is not None:
-            oc, o = self.cp.gather_heads(oc), self.cp.heads_to_seq(o)  # (B, H, C, d), (B, H, L/cp, d)
+        ctx = None if c is None else self.context_qkv(c)
+        o, oc = self.attention(attend, q, k, v, ctx, self.layer)  # (B, H, L, d), (B, H, C, d) or None
         if c is not None:
             c = self.context_out(c, oc)
-        o = rearrange(o, "b h l d -> b l (h d)")
-        x = x + (g1[:, :, None] * self.attn.out(o).view(B, Fr, N, D)).view(B, L, D)
-        h = modulate(self.norm2(x).view(B, Fr, N, D), sh2, sc2)
-        x = x + (g2[:, :, None] * self.mlp(h)).view(B, L, D)
-        return x, c
+        o = self.attn.out(rearrange(o, "b h l d -> b l (h d)").to(x.dtype))
+        x = x + (g1[:, :, None] * o.view(B, Fr, -1, D)).view(B, L, D)
+        h = modulate(self.norm2(x).view(B, Fr, -1, D), sh2, sc2)
+        return x + (g2[:, :, None] * self.mlp(h)).view(B, L, D), c
 
-    def forward_step(
-        self,
-        x: torch.Tensor,
-        temb: torch.Tensor,
-        cache: KVCache,
-        layer: int,
-        rope_q: tuple[torch.Tensor, torch.Tensor],
-        rope_sink: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        """One frame per stream against the cache. x (B, N, D), temb (B, 1, D)."""
-        B, N, D = x.shape
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(temb).chunk(6, dim=-1)  # each (B, 1, D)
-        h = modulate(self.norm1(x)[:, None], sh1, sc1)[:, 0]
-        q, k, v = self.attn.qkv_heads(h)  # (B, H, N, d); (B, H, N/cp, d) under context parallelism
-        if self.cp is not None:  # Ulysses: token shards -> head shards; the cache holds this rank's heads
-            q, k, v = self.cp.seq_to_heads(torch.cat([q, k, v])).chunk(3)  # (B, h_r, N, d)
-        cos_q, sin_q, cos_sp, sin_sp = *rope_q, *rope_sink[:2]
-        cache.write(layer, apply_rotary(k, cos_q, sin_q), v)
-        cache.write_sink(layer, apply_rotary(k, cos_sp, sin_sp), *rope_sink[2:], rotate=apply_rotary)
-        keys, values = cache.keys_values(layer)
-        o = cached_attention(apply_rotary(q, cos_q, sin_q).to(keys.dtype), keys, values, cache.plan["valid"])
-        if self.cp is not None:
-            o = self.cp.heads_to_seq(o)  # (B, H, N/cp, d)
-        x = x + g1 * self.attn.out(rearrange(o, "b h l d -> b l (h d)").to(x.dtype))
-        return x + g2 * self.mlp(modulate(self.norm2(x)[:, None], sh2, sc2)[:, 0])
+    def step(self, x: torch.Tensor, temb: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """`forward` for a cached step, called as a method, not as a module: a step writes the KV cache,
+        so module hooks (activation checkpointing) must never run it a second time."""
+        return self.forward(x, temb, None, attend)[0]
+
+
+class BlockStack(nn.ModuleList):
+    """The transformer blocks, run in order over the token stream (what context parallelism shards)."""
+
+    def forward(
+        self, x: torch.Tensor, temb: torch.Tensor, c: torch.Tensor | None, attend: Attend
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, L, D) tokens, temb (B, F, D), c (B, C, D) or None -> (x, c) after every block."""
+        for blk in self:
+            if attend.writes_cache:
+                x = blk.step(x, temb, attend)
+            else:
+                x, c = blk(x, temb, c, attend)
+        return x, c
 
 
 class FinalLayer(nn.Module):
@@ -231,10 +204,6 @@ class FrameLogitHead(nn.Module):
 class WorldDiT(nn.Module):
     """Block-causal camera-conditioned MMDiT; `logit_head=True` makes it a discriminator."""
 
-    cp = None
-    """Ulysses context-parallel hook set by `worldmodel.parallel.parallelize`; None in one
-    process. With it, `forward` keeps inputs and outputs whole and computes on this rank's frames."""
-
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -245,7 +214,7 @@ class WorldDiT(nn.Module):
         self.camera_proj = nn.Linear(cfg.plucker_channels * p * p, D)
         self.t_embed = TimestepEmbedder(D)
         self.context_proj = nn.Linear(cfg.context_dim, D) if cfg.context_dim else None
-        self.blocks = nn.ModuleList(MMDiTBlock(cfg) for _ in range(cfg.depth))
+        self.blocks = BlockStack(MMDiTBlock(cfg, i) for i in range(cfg.depth))
         self.final = FinalLayer(D, C * p * p)
         self.logit_head = FrameLogitHead(D) if cfg.logit_head else None
         self.rope = Rope3D(cfg.head_dim, cfg.rope_ref_grid, cfg.rope_theta, cfg.rope_temporal_fraction, cfg.temporal_interval)
@@ -337,50 +306,32 @@ class WorldDiT(nn.Module):
         camera: torch.Tensor,
         t: torch.Tensor | float,
         context: torch.Tensor | None = None,
-        window: int | None = -1,
+        window: int | None = None,
         frame_offset: int = 0,
     ) -> torch.Tensor:
         """Whole clip at once. noisy/recycled (B, F, C, h, w), camera (B, F, Cc, h, w), t (B,) or (B, F).
 
         Returns the velocity (B, F, C, h, w), or per-frame logits (B, F) with the logit head.
-        `window=-1` uses the config's window, `None` attends to every past frame.
-        `frame_offset` shifts temporal positions (long-video segments).
+        `window` overrides the config's window (None: the config's). `frame_offset` shifts
+        temporal positions (long-video segments).
         """
         B, Fr = noisy.shape[:2]
         grid = self.token_grid(noisy.shape[-2:])
         N = grid[0] * grid[1]
-        win = self.cfg.window if window == -1 else window
-        cp = self.cp
+        win = self.cfg.window if window is None else window
         warped, camera = self._warp(noisy, recycled, camera)
         tf = self._frame_t(t, B, Fr, noisy.device)  # (B, F)
-        if cp is not None:  # context parallelism: this rank embeds and keeps its own frames
-            x = self._embed(*(cp.shard(z, 1) for z in (noisy, warped, camera))).flatten(1, 2)  # F local
-        else:
-            x = self._embed(noisy, warped, camera).flatten(1, 2)  # (B, F*N, D)
+        x = self._embed(noisy, warped, camera).flatten(1, 2)  # (B, F*N, D)
         temb = self.t_embed(tf)  # (B, F, D)
-        if cp is not None:
-            temb = cp.shard(temb, 1)
         c = self._embed_context(context, B)
         layout = FrameLayout(0 if c is None else c.shape[1], N, Fr, win)
-        frames = torch.arange(Fr, device=x.device) + frame_offset
-        rope = cos_sin(self.rope.video_angles(frames, grid), x.dtype)
-        sink_rope = None
-        if layout.sink_copies:
-            copy_q = torch.arange(layout.first_copy_frame, Fr, device=x.device)
-            sink_frames = (copy_q - (win + 1)) + frame_offset
-            sink_rope = cos_sin(self.rope.video_angles(sink_frames, grid), x.dtype)
-        for blk in self.blocks:
-            args = (x, temb, c, rope, sink_rope, layout, self.cfg.attention_backend)
-            if self.cfg.checkpoint_activations and torch.is_grad_enabled():
-                x, c = checkpoint(blk, *args, use_reentrant=False)
-            else:
-                x, c = blk(*args)
-        x = x.view(B, -1, N, x.shape[-1])  # (B, F, N, D)
+        positions = PositionPlan.clip(self.rope, Fr, grid, win, frame_offset, x.dtype, x.device)
+        x, _ = self.blocks(x, temb, c, ClipAttention(layout, positions, self.cfg.attention_backend))
+        x = x.view(B, Fr, N, x.shape[-1])  # (B, F, N, D)
         if self.logit_head is not None:
-            out = self.logit_head(x)
-            return out if cp is None else cp.gather(out, 1)
+            return self.logit_head(x)
         out = self._unpatchify(self.final(x, temb), grid)
-        return self._velocity(out if cp is None else cp.gather(out, 1), noisy, warped, tf)
+        return self._velocity(out, noisy, warped, tf)
 
     def _embed_context(self, context: torch.Tensor | None, B: int) -> torch.Tensor | None:
         if context is None:
@@ -397,33 +348,34 @@ class WorldDiT(nn.Module):
         self, batch: int, latent_hw: tuple[int, int], window: int | None = None, context_tokens: int = 0,
         device: torch.device | str | None = None, dtype: torch.dtype | None = None, graph_safe: bool = False,
     ) -> KVCache:
-        """An empty KV cache sized for this model, a latent grid and a window (default: config).
+        """An empty KV cache sized for this model, a latent grid and a window (None: the config's).
 
+        It holds the heads this process attends over (all of them without context parallelism).
         `graph_safe=True` keeps the attention mask tensor on every step, so `step_prepared` can be
         captured once as a CUDA graph (worldmodel.cuda_graph)."""
         grid = self.token_grid(latent_hw)
         ref = next(self.parameters())
         return KVCache(
-            self.cfg.depth, batch, self.cfg.heads if self.cp is None else self.cp.local_heads, self.cfg.head_dim,
+            self.cfg.depth, batch, self.blocks[0].attention.local_heads(self.cfg.heads), self.cfg.head_dim,
             grid[0] * grid[1],
             self.cfg.window if window is None else window, context_tokens,
             device=device or ref.device, dtype=dtype or ref.dtype, graph_safe=graph_safe,
         )
 
     @torch.no_grad()
-    def prefill_context(self, cache: KVCache, context: torch.Tensor) -> None:
+    def prefill_context(self, cache: FrameCache, context: torch.Tensor) -> None:
         """Run the context stream through every block once and cache its keys/values."""
         c = self._embed_context(context, cache.batch)
         if c.shape[1] != cache.C:
             raise ValueError(f"context has {c.shape[1]} tokens, the cache was made for {cache.C}")
-        for i, blk in enumerate(self.blocks):
-            q, k, v = blk.context_qkv(c)
-            cache.set_context(i, *(z if self.cp is None else self.cp.head_slice(z) for z in (k, v)))
+        for blk in self.blocks:
+            q, k, v = blk.context_qkv(c)  # (B, H, C, d), the same on every rank
+            cache.set_context(blk.layer, *blk.attention.cache_heads(k, v))
             c = blk.context_out(c, F.scaled_dot_product_attention(q, k, v))
 
     def forward_step(
         self, noisy: torch.Tensor, recycled: torch.Tensor, camera: torch.Tensor, t: torch.Tensor | float,
-        cache: KVCache, advance: bool = True,
+        cache: FrameCache, advance: bool = True,
     ) -> torch.Tensor:
         """One latent frame per stream. noisy/recycled (B, C, h, w), camera (B, Cc, h, w) -> velocity (B, C, h, w).
 
@@ -439,7 +391,7 @@ class WorldDiT(nn.Module):
 
     def step_prepared(
         self, noisy: torch.Tensor, recycled: torch.Tensor, camera: torch.Tensor, t: torch.Tensor | float,
-        cache: KVCache,
+        cache: FrameCache,
     ) -> torch.Tensor:
         """The device part of `forward_step` for a cache whose `prepare()` has run: tensor code with
         fixed shapes and no host synchronisation, so a CUDA graph can capture it."""
@@ -447,21 +399,12 @@ class WorldDiT(nn.Module):
         grid = self.token_grid(noisy.shape[-2:])
         warped, cam = self._warp(noisy[:, None], recycled[:, None], camera[:, None])
         x = self._embed(noisy[:, None], warped, cam)[:, 0]  # (B, N, D)
-        if self.cp is not None:  # context parallelism: this rank keeps a contiguous share of the tokens
-            x = self.cp.shard(x, 1)  # (B, N/cp, D)
         tf = self._frame_t(t, B, 1, x.device)  # (B, 1)
         temb = self.t_embed(tf)  # (B, 1, D)
         plan = cache.plan
-        sp = self.rope.spatial_angles(grid, x.device)  # (N, P)
-        rope_q = cos_sin(self.rope.temporal_angles(plan["pos"])[:, None, None] + sp, x.dtype)  # (B, 1, N, P)
-        rope_sp = cos_sin(sp, x.dtype)
-        # The cached sink keys already carry their spatial rotation; only time is re-applied.
-        rope_sink = cos_sin(self.rope.temporal_angles(plan["sink_pos"])[:, None, None], cache.dtype)  # (B, 1, 1, P)
-        for i, blk in enumerate(self.blocks):
-            x = blk.forward_step(x, temb, cache, i, rope_q, (*rope_sp, *rope_sink))
+        positions = PositionPlan.step(self.rope, grid, plan["pos"], plan["sink_pos"], x.dtype, cache.dtype)
+        x, _ = self.blocks(x, temb, None, StepAttention(cache, positions))
         x = x[:, None]  # (B, 1, N, D)
-        if self.cp is not None:
-            x = self.cp.gather(x, 2)  # every rank gets the whole frame back
         if self.logit_head is not None:
             return self.logit_head(x)[:, 0]
         return self._velocity(self._unpatchify(self.final(x, temb), grid), noisy[:, None], warped, tf)[:, 0]

@@ -6,15 +6,23 @@
 - Temporal positions are `frame_index * temporal_interval`, computed on the fly in
   float64 (no table that can run out; angles stay precise for billions of frames).
 - Each head's dims are split into three disjoint groups of rotation pairs (time, rows,
-  cols). Rotations on disjoint pairs commute, so temporal and spatial angles simply add:
-  the KV cache stores spatially rotated keys and re-rotates only in time.
+  cols). Rotations on disjoint pairs commute and angles add, so a key rotated at its own
+  frame can be moved to another frame by a temporal rotation alone.
+- The sink rule (the trained range) lives here once: `sink_frame` says where the first
+  frame's keys sit for a query, and `PositionPlan` turns it into the angles that both the
+  parallel (training) and the cached (streaming) attention apply.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
+
+Frames = TypeVar("Frames", np.ndarray, torch.Tensor)
 
 
 def split_dims(head_dim: int, temporal_fraction: float) -> tuple[int, int, int]:
@@ -97,3 +105,47 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     x0, x1 = x2[..., 0], x2[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
     return out.flatten(-2).type_as(x)
+
+
+def sink_frame(query_frame: Frames, window: int) -> Frames:
+    """Frame (counted from the first) at which a query at `query_frame` sees the first-frame sink.
+
+    The window itself puts keys at most `window` frames behind the query; the sink is kept at most
+    `window + 1` behind, so no query ever sees a temporal distance it was not trained on, however
+    long the rollout. Works elementwise on numpy arrays (cache bookkeeping) and tensors.
+    """
+    return (query_frame - (window + 1)).clip(min=0)
+
+
+@dataclass(frozen=True)
+class PositionPlan:
+    """The rotary angles of one forward, for the parallel and the cached path alike.
+
+    Queries and keys rotate at their own frame (`qk`). The sink is frame 0's keys, already
+    rotated at frame 0, turned further by the temporal rotation `sink` so that it sits at
+    `sink_frame(n, window)` for query frame n: the one place the trained-range rule is applied.
+    """
+
+    qk: tuple[torch.Tensor, torch.Tensor]
+    """cos, sin of queries' and keys' angles: (F*N, P) for a clip, (B, 1, N, P) for a cached step."""
+    sink: tuple[torch.Tensor, torch.Tensor]
+    """cos, sin of the sink's extra temporal rotation: (F, 1, P), one per query frame of a clip;
+    (B, 1, 1, P), one per stream of a cached step."""
+
+    @classmethod
+    def clip(cls, rope: Rope3D, frames: int, grid: tuple[int, int], window: int, frame_offset: int,
+             dtype: torch.dtype, device: torch.device) -> PositionPlan:
+        """A whole clip of `frames` frames whose first frame sits at `frame_offset` (long-video segments)."""
+        n = torch.arange(frames, device=device)
+        qk = cos_sin(rope.video_angles(n + frame_offset, grid), dtype)  # (F*N, P)
+        sink = cos_sin(rope.temporal_angles(sink_frame(n, window))[:, None], dtype)  # (F, 1, P)
+        return cls(qk, sink)
+
+    @classmethod
+    def step(cls, rope: Rope3D, grid: tuple[int, int], frame: torch.Tensor, sink_at: torch.Tensor,
+             dtype: torch.dtype, sink_dtype: torch.dtype) -> PositionPlan:
+        """One frame per stream: stream b's frame index `frame[b]`, its sink at `sink_at[b]` (= sink_frame)."""
+        sp = rope.spatial_angles(grid, frame.device)  # (N, P)
+        qk = cos_sin(rope.temporal_angles(frame)[:, None, None] + sp, dtype)  # (B, 1, N, P)
+        sink = cos_sin(rope.temporal_angles(sink_at)[:, None, None], sink_dtype)  # (B, 1, 1, P)
+        return cls(qk, sink)

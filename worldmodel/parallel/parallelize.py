@@ -3,9 +3,12 @@
     mesh  = build_mesh(dp_shard=-1, cp=2, device_type="cuda")   # (dp_shard, cp) ranks
     model = parallelize(WorldDiT(cfg), ParallelConfig(cp=2, zero=3), mesh)
 
-In order: Ulysses context parallelism hooks on the CP sub-mesh, per-block activation
+In order: Ulysses context parallelism on the CP sub-mesh, per-block activation
 checkpointing, optional `torch.compile` per block, then FSDP2 `fully_shard` on every
-block and at the root, sharding parameters over all dp_shard x cp ranks. ZeRO-3
+block and at the root, sharding parameters over all dp_shard x cp ranks. The model has
+no branch for any of them: context parallelism is hooks that shard the token stream at the
+block stack's entry and gather it at its exit, plus the attention callable each block
+runs its heads through (`UlyssesAttention`); checkpointing is hooks on each block. ZeRO-3
 (`zero=3`, default) frees the gathered parameters after each forward; ZeRO-2 (`zero=2`,
 `reshard_after_forward=False`) keeps them gathered until backward, which is what the
 generator wants during student forcing (dozens of `forward_step` calls per rollout).
@@ -17,7 +20,6 @@ Data: ranks of one CP group must see the same batch; `data_parallel_rank(mesh)` 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -25,10 +27,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from worldmodel.parallel.ulysses import UlyssesGroup, set_context_parallel
+from worldmodel.parallel.ulysses import UlyssesAttention, UlyssesGroup
 
 # Methods besides forward() that run parameters and must unshard them under FSDP2.
-BLOCK_METHODS = ("forward_step", "context_qkv", "context_out")
+BLOCK_METHODS = ("step", "context_qkv", "context_out")
 ROOT_METHODS = ("forward_step", "prefill_context")
 
 
@@ -98,7 +100,7 @@ def fsdp_mesh(mesh: DeviceMesh) -> DeviceMesh:
 
 
 def parallelize(model: nn.Module, cfg: ParallelConfig, mesh: DeviceMesh | None) -> nn.Module:
-    """Apply CP hooks, per-block activation checkpointing, compile and FSDP2 to a WorldDiT; returns it.
+    """Apply context parallelism, per-block activation checkpointing, compile and FSDP2 to a WorldDiT; returns it.
 
     With `mesh=None` (one process) only checkpointing and compile apply. The model may sit
     on CPU, CUDA or the meta device (then call `model.to_empty(device=...)` and
@@ -114,7 +116,7 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, mesh: DeviceMesh | None) 
         raise ValueError(f"ParallelConfig.cp={cfg.cp} but the mesh has cp={cp_size}; build the mesh from the same config")
 
     if cfg.cp > 1:
-        set_context_parallel(model, UlyssesGroup(mesh.get_group("cp"), model.cfg.heads))
+        apply_context_parallel(model, UlyssesGroup(mesh.get_group("cp"), model.cfg.heads))
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
     if cfg.compile:
@@ -125,12 +127,32 @@ def parallelize(model: nn.Module, cfg: ParallelConfig, mesh: DeviceMesh | None) 
     return model
 
 
+def apply_context_parallel(model: nn.Module, group: UlyssesGroup) -> None:
+    """Ulysses over `group`: each rank runs the blocks on its share of the tokens, attention on its heads.
+
+    The whole inputs reach every rank; the hooks on the block stack shard the token stream
+    after the embeddings and gather it before the output layer, so embeddings, losses and
+    callers are those of one process, and each block's attention callable does the all-to-alls.
+    """
+    if getattr(model.blocks, "_ulysses", None) is not None:
+        raise ValueError("context parallelism is already applied to this model")
+    attention = UlyssesAttention(group)
+    for blk in model.blocks:
+        blk.attention = attention
+    model.blocks.register_forward_pre_hook(group.shard_stream)
+    model.blocks.register_forward_hook(group.gather_stream)
+    model.blocks._ulysses = group
+
+
 def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute every transformer block in backward (the model's own per-block checkpoint switch)."""
-    # WorldDiT.forward wraps each block call in torch.utils.checkpoint when this flag is on;
-    # switching it on here keeps module names (and so checkpoints) identical to the unwrapped
-    # model. A copy of the config, so a config object shared with another model is untouched.
-    model.cfg = dataclasses.replace(model.cfg, checkpoint_activations=True)
+    """Recompute every transformer block in backward instead of keeping its activations."""
+    from torch.distributed._composable import checkpoint
+
+    # The composable API hooks the block in place: a wrapper module (checkpoint_wrapper) would
+    # rename every parameter and so every checkpoint key. Only module calls are hooked, so a
+    # cached step (`MMDiTBlock.step`, which writes the KV cache) is never recomputed.
+    for blk in model.blocks:
+        checkpoint(blk)
 
 
 def mixed_precision_policy(cfg: ParallelConfig, device_type: str):

@@ -1,17 +1,22 @@
 """Ulysses context parallelism: sequence shards <-> head shards with one all-to-all each way.
 
-Each rank of a context-parallel (CP) group holds a contiguous slice of every sample's
-video tokens (whole latent frames in the parallel forward, a slice of one frame's
-tokens in `forward_step`). Around attention an all-to-all turns
+The model knows nothing of it. `parallelize` (parallelize.py) applies two pieces from here:
+
+- token shards: hooks on the model's `BlockStack` (`UlyssesGroup.shard_stream` /
+  `gather_stream`) give each rank of a context-parallel (CP) group a contiguous slice of
+  the token stream (whole latent frames in the parallel forward, a slice of one frame's
+  tokens in a cached step) and hand the whole stream back after the last block;
+- `UlyssesAttention`, the attention callable it injects into every block: an all-to-all turns
 
     q, k, v  (B, H, L/cp, d)   every head, this rank's tokens
           -> (B, h_r, L, d)    this rank's heads, every token
 
-so the block-causal attention (`block_causal_attention` with its full `FrameLayout`,
-RoPE tables and re-rotated sink copies) runs unchanged on the full sequence, and a
-second all-to-all turns the attention output back into sequence shards. Heads need not
-divide by the CP size (paper-8b has 21 heads on CP 8): rank r owns `head_counts[r]`
-heads, the first `H % cp` ranks one more.
+  so the forward's `Attend` (`ClipAttention` with its full `FrameLayout`, RoPE and sink
+  copies, or `StepAttention` with this rank's KV cache) runs unchanged on the whole
+  sequence, and a second all-to-all turns its output back into sequence shards.
+
+Heads need not divide by the CP size (paper-8b has 21 heads on CP 8): rank r owns
+`head_counts[r]` heads, the first `H % cp` ranks one more.
 
 The collective is our own small autograd Function over `dist.all_to_all_single` (works
 on gloo and NCCL): `torch.distributed.nn.functional.all_to_all_single` is deprecated, and
@@ -31,6 +36,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from worldmodel.attention import QKV, Attend
 
 
 class _AllToAll(torch.autograd.Function):
@@ -62,7 +70,7 @@ def split_heads(heads: int, size: int) -> list[int]:
 
 @dataclass
 class UlyssesGroup:
-    """The context-parallel hook the transformer calls (`WorldDiT.cp`, `MMDiTBlock.cp`)."""
+    """One context-parallel group: its ranks, head split and the collectives between token and head shards."""
 
     group: dist.ProcessGroup
     """Process group of the ranks that share one sample's tokens."""
@@ -126,14 +134,15 @@ class UlyssesGroup:
 
     # ---- sequence shards ---------------------------------------------------------------
 
-    def shard(self, x: torch.Tensor, dim: int) -> torch.Tensor:
-        """Replicated tensor -> this rank's contiguous slice along `dim`; no communication."""
+    def shard(self, x: torch.Tensor, dim: int, what: str = "entries", fix: str = "make it divisible by cp") -> torch.Tensor:
+        """Replicated tensor -> this rank's contiguous slice along `dim`; no communication.
+
+        `what` names dim's entries and `fix` the remedy in the error when they do not divide."""
         n = x.shape[dim]
         if n % self.size:
-            what = "frames" if dim == 1 and x.ndim in (3, 5) else "tokens"
             raise ValueError(
                 f"context parallelism {self.size} splits dim {dim} of shape {tuple(x.shape)} evenly, but {n} {what} "
-                f"do not divide by {self.size}; use a clip length (latent frames) divisible by cp"
+                f"do not divide by {self.size}; {fix}"
             )
         return x.narrow(dim, self.rank * (n // self.size), n // self.size)
 
@@ -144,9 +153,48 @@ class UlyssesGroup:
         y = all_to_all(xt.repeat(self.size, *[1] * (xt.ndim - 1)), [n] * self.size, [n] * self.size, self.group)
         return y.movedim(0, dim)
 
+    # ---- the token stream at the block stack's entry and exit -----------------------------
 
-def set_context_parallel(model: torch.nn.Module, cp: UlyssesGroup | None) -> None:
-    """Install (or remove, with None) the CP hook on every module that has a `cp` slot (WorldDiT and its blocks)."""
-    for m in model.modules():
-        if hasattr(type(m), "cp"):
-            m.cp = cp
+    def shard_stream(self, module: nn.Module, args: tuple) -> tuple:
+        """Forward pre-hook of the `BlockStack`: (x (B, L, D), temb (B, F, D), ...) -> this rank's share.
+
+        Whole frames when there are several (F must divide by the group size); a single frame
+        (a cached step) is split by tokens, which all share its one temb row.
+        """
+        x, temb, *rest = args
+        if temb.shape[1] > 1:
+            temb = self.shard(temb, 1, "latent frames", "use a clip length (latent frames) divisible by cp")
+        x = self.shard(x, 1, "tokens", "use a latent grid whose token count divides by cp")
+        return (x, temb, *rest)
+
+    def gather_stream(self, module: nn.Module, args: tuple, out: tuple) -> tuple:
+        """Forward hook of the `BlockStack`: every rank gets the whole token stream (B, L, D) back."""
+        x, c = out
+        return self.gather(x, 1), c
+
+
+class UlyssesAttention:
+    """The attention callable `parallelize` injects into every block: all-to-alls around the forward's `Attend`."""
+
+    def __init__(self, group: UlyssesGroup) -> None:
+        self.group = group
+
+    def __call__(self, attend: Attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: QKV | None,
+                 layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q, k, v (B, H, L/cp, d) this rank's tokens -> output (B, H, L/cp, d), context output (B, H, C, d)."""
+        g = self.group
+        q, k, v = g.seq_to_heads(torch.cat([q, k, v])).chunk(3)  # (B, h_r, L, d) each
+        if ctx is not None:  # the context is replicated: keep this rank's heads
+            ctx = tuple(g.head_slice(z) for z in ctx)
+        o, oc = attend(q, k, v, ctx, layer)
+        return g.heads_to_seq(o), (None if oc is None else g.gather_heads(oc))
+
+    def local_heads(self, heads: int) -> int:
+        """Heads this rank attends over (and its KV cache holds)."""
+        if heads != self.group.heads:
+            raise ValueError(f"the model has {heads} heads, the context-parallel group was built for {self.group.heads}")
+        return self.group.local_heads
+
+    def cache_heads(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """This rank's heads of replicated (B, H, C, d) tensors (the context), for its KV cache."""
+        return tuple(self.group.head_slice(x) for x in xs)
