@@ -167,6 +167,23 @@ def test_metrics_logger_jsonl_tensorboard_and_resume(tmp_path):
     assert [json.loads(r)["step"] for r in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
+def test_metrics_resume_drops_a_torn_last_row_and_names_the_file_for_other_damage(tmp_path):
+    """A crash mid-write leaves half a row at the end: resuming drops it. A bad row elsewhere is not a
+    crash's doing: the error names the file and the line instead of a bare JSONDecodeError."""
+    with MetricsLogger(tmp_path) as log:
+        for s in range(1, 4):
+            log.log(s, {"loss": 1.0 / s})
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"step": 4, "lo')
+    with MetricsLogger(tmp_path, resume_step=3) as log:
+        log.log(4, {"loss": 0.25})
+    assert [json.loads(r)["step"] for r in path.read_text().splitlines()] == [1, 2, 3, 4]
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join([rows[0], "garbage", *rows[1:]]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not a JSON row"):
+        MetricsLogger(tmp_path, resume_step=3)
+
+
 def test_seed_everything_reproduces_all_rngs():
     seed_everything(11)
     a = (random.random(), np.random.rand(), torch.rand(1).item())

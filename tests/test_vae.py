@@ -345,7 +345,7 @@ def test_nan_loss_stops_and_keeps_last_good_state(doom_root, tmp_path, monkeypat
     import train.vae as tv
     from train.common import NonFiniteLossError, load_training_state
 
-    real = tv.train_step
+    real = tv.phase_losses
     calls = {"n": 0}
 
     def poisoned(vae, x, cfg, disc=None, real_logits=None):
@@ -355,7 +355,7 @@ def test_nan_loss_stops_and_keeps_last_good_state(doom_root, tmp_path, monkeypat
             losses["loss"] = losses["loss"] * float("nan")
         return losses, pred
 
-    monkeypatch.setattr(tv, "train_step", poisoned)
+    monkeypatch.setattr(tv, "phase_losses", poisoned)
     cfg = small_train_cfg(doom_root, tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"step 2.*'loss': nan.*untouched"):
         tv.train_vae(cfg)

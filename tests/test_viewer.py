@@ -174,3 +174,76 @@ def test_cli_help_and_missing_checkpoint(tmp_path):
     assert r.returncode == 2 and "nope.safetensors" in r.stderr
     r = run_viewer("--reprojection", "keep=2", "--headless", "--steps", "1")
     assert r.returncode == 2 and "keep" in r.stderr
+
+
+def test_no_display_runs_the_headless_exploration_and_says_where_its_files_are(world_file, tmp_path):
+    """Plain `python -m viewer` without a display (no DISPLAY/WAYLAND_DISPLAY, no SDL driver set): the built-in
+    tour runs headless, leaves a playable mp4 and a contact sheet under outputs/, ends with one summary line
+    (fps, files, how to get the window), and prints no ALSA noise although no sound card is there."""
+    from viewer.script import TOUR
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER",
+                                                            "SDL_AUDIODRIVER")}
+    r = subprocess.run([sys.executable, "-m", "viewer", "--checkpoint", str(world_file), "--threads", "1"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1, r.stdout
+    steps = len(parse_keys(TOUR))
+    for part in ("no display", f"{steps} steps", "fps (1 thread)", "outputs/explore.mp4", "outputs/explore_sheet.png",
+                 "opens the window"):
+        assert part in lines[0], lines[0]
+    assert "ALSA" not in r.stderr and "pygame-ce" not in r.stdout + r.stderr
+    frames = list(imageio.get_reader(tmp_path / "outputs/explore.mp4", format="FFMPEG").iter_data())
+    assert len(frames) == (steps + 1) * FPS
+    sheet = imageio.v3.imread(tmp_path / "outputs/explore_sheet.png")
+    assert sheet.shape[0] == 3 * 2 * HW[0] + 2 * 2 and sheet.shape[1] == 4 * 2 * HW[1] + 3 * 2  # 12 tiles at 2x
+
+
+def test_display_detection_reads_the_environment():
+    """A window needs DISPLAY or WAYLAND_DISPLAY on Linux; the dummy/offscreen SDL drivers mean no screen anywhere."""
+    from viewer.display import display_status
+
+    assert display_status({}, "linux") == (False, "no DISPLAY or WAYLAND_DISPLAY")
+    assert display_status({"DISPLAY": ":0"}, "linux") == (True, "")
+    assert display_status({"WAYLAND_DISPLAY": "wayland-0"}, "linux") == (True, "")
+    assert display_status({"DISPLAY": ":0", "SDL_VIDEODRIVER": "dummy"}, "linux")[0] is False
+    assert display_status({}, "darwin") == (True, "") and display_status({}, "win32") == (True, "")
+
+
+def test_help_is_instant_and_imports_no_torch():
+    """`python -m viewer --help` answers without importing torch (the model loads only for a run)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "viewer", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--threads" in r.stdout and "no display" in r.stdout
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" not in imported and "pygame" not in imported
+
+
+def test_compare_panes_are_labelled_model_and_engine():
+    """Side-by-side frames get 'model' (left) and 'engine' (right) in their top-left corners, nothing else changes."""
+    from viewer.annotate import label_panes
+
+    frames = np.full((2, 96, 256, 3), 100, np.uint8)
+    out = label_panes(frames)
+    changed = (out != frames).any(axis=(0, 3))  # (H, 2W)
+    ys, xs = np.nonzero(changed)
+    assert ys.max() < 20 and set(np.unique(xs // 128)) == {0, 1}
+    assert (xs % 128).max() < 64 and (out == 255).any() and (frames == 100).all()
+
+
+def test_gif_recording_keeps_every_second_frame(tmp_path):
+    """`--record x.gif` writes an animated GIF of every 2nd frame (for docs) and logs what it kept."""
+    from viewer.recorder import GIF_STRIDE, Recorder
+    from viewer.script import Tick
+    from viewer.worker import Packet
+
+    rec = Recorder(tmp_path / "a.gif", fps=20)
+    rng = np.random.default_rng(0)
+    for tick in range(3):
+        frames = rng.integers(0, 256, (FPS, *HW, 3), dtype=np.uint8)
+        info = {"step": tick, "c2w": np.eye(4), "timing": type("T", (), {"latency_s": 0.0})()}
+        rec.write(Packet(tick, frames, None, info, Tick(), None))
+    rec.close()
+    gif = imageio.v3.imread(tmp_path / "a.gif", index=None)
+    assert len(gif) == rec.frames == 3 * FPS // GIF_STRIDE and gif.shape[1:3] == HW

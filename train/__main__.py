@@ -10,8 +10,6 @@ Any field of train/stages/config.py can be overridden (`stage.steps=50 resume=tr
 
 from __future__ import annotations
 
-import sys
-
 
 def main() -> None:
     """Hydra entry point (config: train/conf/config.yaml)."""
@@ -19,21 +17,21 @@ def main() -> None:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from train.common import NonFiniteLossError
+    from train.common import command_line_exits, help_node
     from train.distributed import destroy
     from train.stages import build_stage
-    from train.stages.config import TrainConfig
+    from train.stages.config import StageConf, TrainConfig
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    ConfigStore.instance().store(group="hydra/help", name="train_help", node=help_node(
+        "python -m train", __doc__.split("\n\n")[0], [("", TrainConfig), ("stage.", StageConf)],
+        "Examples:\n" + __doc__.split("\n\n")[1]))
 
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def _run(conf) -> None:
-        cfg: TrainConfig = OmegaConf.to_object(conf)
         try:
-            build_stage(cfg).run()
-        except NonFiniteLossError as e:
-            print(f"error: {e}", file=sys.stderr)
-            raise SystemExit(1) from e
+            with command_line_exits():
+                build_stage(OmegaConf.to_object(conf)).run()
         finally:
             destroy()
 

@@ -9,6 +9,10 @@
 - `MetricsLogger`: JSONL (always) + TensorBoard (when installed) scalars.
 - `check_finite`: the NaN/inf guard; raises `NonFiniteLossError` naming the step and loss.
 - `progress`: a tqdm bar that shows loss and throughput.
+- `StopSignals`, `claim_run_dir`, `config_changes`: what keeps a run from being lost: SIGINT/SIGTERM
+  stop at a step boundary, one run per `run_dir` (a lock file), a finished or running run is never
+  overwritten, and a resume must keep the settings it was started with.
+- `help_node`: `--help` of the hydra entry points, written from the config dataclasses' field docs.
 
 Optimizer state is flattened generically: every tensor leaf of `optimizer.state_dict()`
 becomes a safetensors tensor under `optim.<name>.<path>`, and the rest (hyperparameters,
@@ -18,13 +22,21 @@ type, so `load_state_dict` gets back exactly what `state_dict` gave.
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import dataclasses
+import fcntl
+import inspect
 import json
 import math
 import os
 import random
 import shutil
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +264,20 @@ def read_training_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, 
 # ----------------------------------------------------------------------------- metrics, guard, progress
 
 
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a torn last line (the process died mid-write) is dropped."""
+    lines = [(i, r) for i, r in enumerate(Path(path).read_text().splitlines(), 1) if r.strip()]
+    rows = []
+    for n, (i, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if n == len(lines) - 1:
+                break  # only the last write can be cut short by a crash
+            raise ValueError(f"{path} line {i} is not a JSON row ({e}); delete or repair that line, then resume") from e
+    return rows
+
+
 class MetricsLogger:
     """Scalars to `<dir>/metrics.jsonl` (one JSON object per line) and TensorBoard event files."""
 
@@ -261,12 +287,9 @@ class MetricsLogger:
         self.path = self.dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             # Rows logged after the checkpoint we resume from will be logged again: drop them.
-            rows = [r for r in self.path.read_text().splitlines() if r.strip()]
-            kept = [r for r in rows if json.loads(r).get("step", 0) <= resume_step]
-            self.path.write_text("".join(r + "\n" for r in kept))
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
-        self._f = self.path.open("a")
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._f = self.path.open("a")  # never truncated: the training loop refuses a used run_dir instead
         self.tb = None
         if tensorboard:
             try:
@@ -319,3 +342,147 @@ def progress(total: int, initial: int = 0, desc: str = "train", unit: str = "ste
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.1)
+
+
+# ----------------------------------------------------------------------------- runs that lose nothing
+
+
+class ConfigError(ValueError):
+    """A training setting is invalid, or would destroy or silently change a run; the message says what to do."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped training at a step boundary, after a resumable state was saved."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM ask the training loop to stop at the next step boundary.
+
+    A step cut short (batch and noise drawn, optimizer maybe stepped, step counter not yet
+    advanced) is no state to resume from, so the first signal only sets `received`; the loop
+    reads it between steps, saves and stops. A second signal aborts at once and leaves the last
+    saved state as it is. The handler prints nothing: a print could land inside the progress
+    bar's own write to stderr. Off the main thread (no handlers there) it does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"second signal ({signal.Signals(signum).name}): aborted without saving")
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def claim_run_dir(run_dir: str | Path, resume: bool, run_files: Iterable[str]) -> Iterator[Path]:
+    """Hold `<run_dir>/run.lock` for the block; refuse a run_dir that another process holds, or
+    that already holds a run (any of `run_files`) when not resuming.
+
+    The lock is an flock on an open file: the kernel drops it when the process ends, however it
+    ends, so a SIGKILLed run leaves no stale lock behind.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / "run.lock"
+    with lock.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise ConfigError(f"another training run (pid {f.read().strip() or '?'}) is using {run_dir}; "
+                              f"wait for it to finish or choose another run_dir") from None
+        used = [name for name in run_files if (run_dir / name).exists()]
+        if used and not resume:
+            raise ConfigError(f"{run_dir} already holds a run ({', '.join(used)}); continue it with resume=true, "
+                              f"or choose a new run_dir (delete the old one to start over)")
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        yield run_dir
+
+
+def flat_config(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """A config (dataclass or nested dicts) as {'dotted.key': JSON value}."""
+    if dataclasses.is_dataclass(cfg):
+        cfg = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))  # the form a training state stores
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        out.update(flat_config(v, key + ".") if isinstance(v, dict) and v else {key: v})
+    return out
+
+
+def config_changes(saved: Mapping[str, Any], now: Any, free: Iterable[str]) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved, now)} of the settings that differ between a saved config and `now`, except keys
+    under `free` prefixes; keys the saved config does not know (fields added since) are skipped."""
+    old, new, free = flat_config(saved), flat_config(now), tuple(free)
+    return {k: (old[k], v) for k, v in new.items()
+            if k in old and old[k] != v and not any(k == f or k.startswith(f + ".") for f in free)}
+
+
+@contextlib.contextmanager
+def command_line_exits() -> Iterator[None]:
+    """How a training command ends on the expected failures: the message without a traceback, and
+    exit status 2 for a refused setting, 1 for a non-finite loss, 128 + the number for a signal."""
+    try:
+        yield
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from e
+    except Interrupted as e:  # the state is saved: resume=true continues
+        print(e, file=sys.stderr)
+        raise SystemExit(128 + e.signum) from e
+
+
+# ----------------------------------------------------------------------------- --help of the entry points
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """{field: first line of the docstring under it} of a dataclass and its bases (the house style)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            body = ast.parse(inspect.getsource(klass)).body[0].body
+        except (OSError, TypeError, IndexError, AttributeError):
+            continue
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+                docs[node.target.id] = nxt.value.value.strip().splitlines()[0]
+    return {k: v for k, v in docs.items() if k in names}  # not the ClassVars
+
+
+def help_node(app: str, description: str, sections: Iterable[tuple[str, type]], footer: str = "",
+              groups: bool = True) -> dict[str, Any]:
+    """A `hydra/help` config: what the command does, each section's keys with their field docs, the config groups."""
+    lines = [f"{app}: {description.strip()}", ""]
+    for prefix, cls in sections:
+        lines.append(f"{prefix + '* ' if prefix else 'Main '}keys (key=value on the command line):")
+        # hydra fills the template with string.Template: a '$' of a doc must be written '$$'.
+        lines += [f"  {prefix}{name:<{24 - len(prefix)}} {doc.replace('$', '$$')}" for name, doc in field_docs(cls).items()]
+        lines.append("")
+    lines += ["Config groups (group=option):", "$APP_CONFIG_GROUPS", ""] if groups else []
+    lines += [footer,
+              "Print the composed config with --cfg job; hydra's own flags with --hydra-help."]
+    return {"app_name": app, "header": "", "footer": "", "template": "\n".join(lines)}

@@ -12,9 +12,10 @@ Data: shards of `train/shards.py` under `data_root` (`data/doom`, written by
 (MAP25-32) for the held-out PSNR. Frames are resized (area) to `height` x `width`; training
 uses random crops of short clips (the model is fully convolutional, crops are cheaper).
 
-Every `ckpt_every` steps and at exit the full training state (weights, optimizer, step, RNG
-and data-sampler state) goes to `<run_dir>/<phase>/state.safetensors`; `resume=true`
-continues exactly where it stopped.
+A phase runs in the one training loop of the stages (train/stages/loop.py): every
+`ckpt_every` steps and when the run stops (end, `stop_after`, SIGINT/SIGTERM at a step
+boundary) the full training state (weights, optimizer, step, RNG and data-sampler state)
+goes to `<run_dir>/<phase>/state.safetensors`; `resume=true` continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -23,34 +24,30 @@ import dataclasses
 import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from train.common import (
-    MetricsLogger,
-    NonFiniteLossError,
-    check_finite,
-    load_training_state,
-    progress,
-    save_training_state,
-    seed_everything,
-)
+from train.common import command_line_exits, help_node, restore_training_state, seed_everything
 from train.losses import approx_r_penalty, discriminator_loss, generator_loss
 from train.shards import read_manifest, read_shard, write_manifest, write_shard, ShardInfo
+from train.stages.config import LoopConf, require
+from train.stages.loop import TrainingLoop
 from train.vae_disc import PatchDiscriminator
+from worldmodel.threads import use_threads
 from worldmodel.vae import CausalVAE, load_vae, save_vae, vae_config
+
+PHASES = ("recon", "light", "eval")
 
 
 @dataclass
-class TrainVAEConfig:
-    """Options of `python -m train.vae` (hydra: `key=value` on the command line)."""
+class TrainVAEConfig(LoopConf):
+    """Options of `python -m train.vae` (hydra: `key=value` on the command line); the loop's are LoopConf's."""
 
     phase: str = "recon"
     """'recon' (encoder + full decoder), 'light' (light decoder distilled from the full one) or 'eval' (PSNR of `init`)."""
@@ -114,26 +111,21 @@ class TrainVAEConfig:
     """Held-out clips (clip_frames each, full frames) for the PSNR at the end of a phase."""
     stats_clips: int = 64
     """Training clips used to measure latent mean/std (recon phase)."""
-    ckpt_every: int = 50
-    """Save the training state every this many steps (and at exit)."""
-    log_every: int = 10
-    """Log metrics every this many steps."""
     run_dir: str = "runs/vae_tiny"
     """Training states, metrics.jsonl and TensorBoard files go to <run_dir>/<phase>/."""
     out: str = "checkpoints/vae_tiny.safetensors"
     """Where the trained VAE is written at the end of the phase."""
     init: str = "checkpoints/vae_tiny.safetensors"
     """Light phase: the recon-phase VAE to start from."""
-    stop_after: int = 0
-    """Stop this run after this many steps, saving the state (0 = run to `steps`); for time-sliced jobs and tests."""
-    resume: bool = False
-    """Continue from <run_dir>/<phase>/state.safetensors if it exists."""
-    seed: int = 0
-    """Seed of model init, data sampling and posterior noise."""
-    threads: int = 2
-    """torch CPU threads (the shared dev box has 2 cores)."""
-    progress_bar: bool = True
-    """Show the tqdm bar."""
+
+    FREE: ClassVar[tuple[str, ...]] = (*LoopConf.FREE, "steps", "val_root", "eval_frames", "eval_clips", "stats_clips")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.phase in PHASES, "phase", self.phase, f"is not one of {PHASES}")
+        for key in ("steps", "batch_size", "clip_frames", "height", "width", "crop_h", "crop_w"):
+            require(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        require(self.warmup >= 0, "warmup", self.warmup, "must be >= 0")
 
 
 # ----------------------------------------------------------------------------- data
@@ -352,7 +344,7 @@ def light_phase_vae(cfg: TrainVAEConfig) -> CausalVAE:
     return vae
 
 
-def train_step(
+def phase_losses(
     vae: CausalVAE, x: Tensor, cfg: TrainVAEConfig, disc: PatchDiscriminator | None = None,
     real_logits: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
@@ -397,120 +389,97 @@ def disc_step(
     return out
 
 
-def stop_on_sigterm() -> None:
-    """Turn SIGTERM (kill, job preemption) into KeyboardInterrupt so the loop saves its state before exiting."""
-    import signal
-    import threading
+class VAEPhase(TrainingLoop):
+    """One training phase of the VAE ('recon' or 'light'): a run of the stages' training loop."""
 
-    if threading.current_thread() is threading.main_thread():
-        def _raise(signum, frame):
-            raise KeyboardInterrupt(f"signal {signum}")
+    def __init__(self, cfg: TrainVAEConfig) -> None:
+        super().__init__(cfg, Path(cfg.run_dir) / cfg.phase)
+        self.name = f"vae_{cfg.phase}"
+        seed_everything(cfg.seed)
+        self.disc = build_disc(cfg)  # checks the adversarial options before anything is loaded
+        self.vae, self.params = build(cfg)
+        for key, n in (("crop_h", cfg.crop_h), ("crop_w", cfg.crop_w)):
+            if n % self.vae.cfg.spatial_factor:
+                raise ValueError(f"{key}={n} must be a multiple of the VAE's spatial factor {self.vae.cfg.spatial_factor}")
+        self.clips = FrameClips(cfg.data_root, "train", cfg.height, cfg.width, cfg.max_train_frames)
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        self.models, self.optimizers = {"vae": self.vae}, {"opt": self.opt}
+        self.generators = {"data": self.data_gen}
+        if self.disc is not None:
+            self.models["disc"] = self.disc
+            self.optimizers["disc_opt"] = self.d_opt = torch.optim.AdamW(self.disc.parameters(), lr=cfg.disc_lr,
+                                                                         betas=(0.0, 0.99))
+            self.generators["disc_noise"] = self.d_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.vae.train()
 
-        signal.signal(signal.SIGTERM, _raise)
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.steps
+
+    def next_batch(self) -> Tensor:
+        cfg = self.cfg
+        return self.clips.sample(self.data_gen, cfg.batch_size, cfg.clip_frames, cfg.crop_h, cfg.crop_w)  # (B, T, 3, h, w)
+
+    def batch_size(self, batch: Tensor) -> int:
+        return batch.shape[0]
+
+    def train_step(self, x: Tensor, step: int) -> dict[str, float]:
+        cfg, disc = self.cfg, self.disc
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        real_logits = None
+        if disc is not None:
+            # Scored once per step, with the graph: the decoder's loss uses the values, the
+            # discriminator's loss (after the decoder's update, which leaves it unchanged) the graph.
+            real_logits = disc(x.flatten(0, 1))
+            disc.requires_grad_(False)  # the decoder's update must not fill the discriminator's gradients
+        losses, pred = phase_losses(self.vae, x, cfg, disc, None if real_logits is None else real_logits.detach())
+        self.guard(losses)
+        self.opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.opt.step()
+        if disc is not None:
+            disc.requires_grad_(True)
+            d_losses = disc_step(disc, pred, x, real_logits, cfg, self.d_gen)
+            self.guard(d_losses)
+            self.d_opt.zero_grad(set_to_none=True)
+            d_losses["d_loss"].backward()
+            self.d_opt.step()
+            losses.update(d_losses)
+        return {"loss": losses["loss"].item(), **{k: v.item() for k, v in losses.items()},
+                "grad_norm": gnorm.item(), "lr": self.opt.param_groups[0]["lr"]}
+
+    def state_parts(self) -> tuple[dict, dict, dict[str, torch.Generator], dict[str, Any]]:
+        return self.models, self.optimizers, self.generators, {"phase": self.cfg.phase}
+
+    def restore(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+        restore_training_state(tensors, meta, self.state_path, self.models, self.optimizers, self.generators)
+
+    def export(self, summary: dict[str, Any]) -> None:
+        """Latent statistics (recon), the VAE file at `out`, and its held-out PSNR when there is a val split."""
+        cfg, vae = self.cfg, self.vae
+        summary.update(phase=cfg.phase, train_frames=self.clips.num_frames, train_maps=self.clips.maps, out=cfg.out)
+        if cfg.phase == "recon":
+            clips = self.clips.sample(torch.Generator().manual_seed(1), cfg.stats_clips, cfg.clip_frames, cfg.height,
+                                      cfg.width)
+            vae.set_latent_stats(*latent_stats(vae.eval(), clips))
+        save_vae(cfg.out, vae.eval(), extra_meta={f"train_{cfg.phase}": summary})
+        try:
+            summary.update(evaluate_split(vae, cfg))
+            save_vae(cfg.out, vae.eval(), extra_meta={f"train_{cfg.phase}": summary})
+            self.logger.log(self.step, {f"val/{k}": v for k, v in summary.items() if k.startswith("psnr")})
+        except FileNotFoundError as e:  # data still being collected: evaluate later with phase=eval
+            print(f"warning: no held-out evaluation ({e}); run `python -m train.vae phase=eval` later")
 
 
 def train_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
-    """Run one phase; returns a summary (steps, wall time, held-out PSNRs, output path)."""
+    """Run one phase (or `phase=eval`); returns a summary (steps, wall time, held-out PSNRs, output path)."""
     if cfg.phase == "eval":
         return eval_vae(cfg)
-    torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    run = Path(cfg.run_dir) / cfg.phase
-    state_path = run / "state.safetensors"
-    disc = build_disc(cfg)  # checks the adversarial options before anything is loaded
-    vae, params = build(cfg)
-    for s, n in (("crop_h", cfg.crop_h), ("crop_w", cfg.crop_w)):
-        if n % vae.cfg.spatial_factor:
-            raise ValueError(f"{s}={n} must be a multiple of the VAE's spatial factor {vae.cfg.spatial_factor}")
-    train = FrameClips(cfg.data_root, "train", cfg.height, cfg.width, cfg.max_train_frames)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    models, opts, gens = {"vae": vae}, {"opt": opt}, {"data": gen}
-    if disc is not None:
-        models["disc"] = disc
-        opts["disc_opt"] = d_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.disc_lr, betas=(0.0, 0.99))
-        gens["disc_noise"] = d_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    step = 0
-    if cfg.resume and (state_path.exists() or state_path.with_name("state.prev.safetensors").exists()):
-        step, _ = load_training_state(state_path, models, opts, gens)
-        print(f"resumed {cfg.phase} from {state_path} at step {step}")
-
-    def save_state() -> None:
-        save_training_state(state_path, step, models, opts, gens,
-                            extra={"phase": cfg.phase, "config": dataclasses.asdict(cfg)})
-
-    stop_on_sigterm()
-    logger = MetricsLogger(run, resume_step=step if cfg.resume else None)
-    bar = progress(cfg.steps, step, desc=f"vae {cfg.phase}") if cfg.progress_bar else None
-    t0, start_step, clips_seen = time.perf_counter(), step, 0
-    vae.train()
-    try:
-        while step < cfg.steps:
-            x = train.sample(gen, cfg.batch_size, cfg.clip_frames, cfg.crop_h, cfg.crop_w)  # (B, T, 3, h, w)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg)
-            real_logits = None
-            if disc is not None:
-                # Scored once per step, with the graph: the decoder's loss uses the values, the
-                # discriminator's loss (after the decoder's update, which leaves it unchanged) the graph.
-                real_logits = disc(x.flatten(0, 1))
-                disc.requires_grad_(False)  # the decoder's update must not fill the discriminator's gradients
-            losses, pred = train_step(vae, x, cfg, disc, None if real_logits is None else real_logits.detach())
-            check_finite(step, losses, state_path if state_path.exists() else None)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            if disc is not None:
-                disc.requires_grad_(True)
-                d_losses = disc_step(disc, pred, x, real_logits, cfg, d_gen)
-                check_finite(step, d_losses, state_path if state_path.exists() else None)
-                d_opt.zero_grad(set_to_none=True)
-                d_losses["d_loss"].backward()
-                d_opt.step()
-                losses.update(d_losses)
-            step += 1
-            clips_seen += x.shape[0]
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                dt = time.perf_counter() - t0
-                logger.log(step, {**{k: v.item() for k, v in losses.items()}, "grad_norm": gnorm.item(),
-                                  "lr": opt.param_groups[0]["lr"], "steps_per_s": (step - start_step) / dt})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses['loss'].item():.4f}", clips_s=f"{clips_seen / (time.perf_counter() - t0):.1f}")
-            if step % cfg.ckpt_every == 0:
-                save_state()
-            if cfg.stop_after and step - start_step >= cfg.stop_after:
-                break
-    except NonFiniteLossError:
-        raise  # leave the last good training state as it is
-    except BaseException:
-        save_state()  # interrupted (Ctrl-C, OOM...): keep what was learned, resumable
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    save_state()
-    wall = time.perf_counter() - t0
-    if step < cfg.steps:  # stopped early on purpose: resume later with resume=true
-        logger.close()
-        return {"phase": cfg.phase, "steps": step, "stopped_early": True, "wall_s": wall}
-
-    summary = {"phase": cfg.phase, "steps": step, "steps_this_run": step - start_step, "wall_s": wall,
-               "train_frames": train.num_frames, "train_maps": train.maps, "out": cfg.out}
-    if cfg.phase == "recon":
-        clips = train.sample(torch.Generator().manual_seed(1), cfg.stats_clips, cfg.clip_frames, cfg.height, cfg.width)
-        vae.set_latent_stats(*latent_stats(vae.eval(), clips))
-    save_vae(cfg.out, vae.eval(), extra_meta={f"train_{cfg.phase}": summary})
-    try:
-        summary.update(evaluate_split(vae, cfg))
-        save_vae(cfg.out, vae.eval(), extra_meta={f"train_{cfg.phase}": summary})
-        logger.log(step, {f"val/{k}": v for k, v in summary.items() if k.startswith("psnr")})
-    except FileNotFoundError as e:  # data still being collected: evaluate later with phase=eval
-        print(f"warning: no held-out evaluation ({e}); run `python -m train.vae phase=eval` later")
-    logger.close()
-    (run / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(json.dumps(summary, indent=1))
+    summary = VAEPhase(cfg).run()
+    print(json.dumps(summary, indent=1, default=str))
     return summary
 
 
@@ -524,7 +493,7 @@ def evaluate_split(vae: CausalVAE, cfg: TrainVAEConfig) -> dict[str, Any]:
 
 def eval_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
     """`phase=eval`: held-out PSNR of the VAE at `init`."""
-    torch.set_num_threads(cfg.threads)
+    use_threads(cfg.threads)
     out = {"checkpoint": cfg.init, **evaluate_split(load_vae(cfg.init), cfg)}
     print(json.dumps(out, indent=1))
     return out
@@ -537,10 +506,14 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name="vae_schema", node=TrainVAEConfig)
+    ConfigStore.instance().store(group="hydra/help", name="vae_help", node=help_node(
+        "python -m train.vae", __doc__.split("\n\n")[0], [("", TrainVAEConfig)],
+        "Examples: python -m train.vae phase=recon steps=300 | phase=light | phase=recon resume=true", groups=False))
 
     @hydra.main(config_path="conf", config_name="vae", version_base="1.3")
     def _run(conf) -> None:
-        train_vae(OmegaConf.to_object(conf))
+        with command_line_exits():
+            train_vae(OmegaConf.to_object(conf))
 
     _run()
 

@@ -2,7 +2,9 @@
 
 The pygame thread handles input, upscaling, the HUD and recording; a worker thread
 (`viewer.worker`) runs the model, so input never waits on it. `--headless` runs the same
-pipeline with no window (SDL's dummy driver), driven by a key script (`viewer.script`).
+pipeline with no window (SDL's dummy driver), driven by a key script (`viewer.script`). On a
+machine without a display, plain `python -m viewer` runs that headless pipeline on a built-in tour
+and leaves an mp4, a contact sheet and a one-line summary under outputs/ (`explore_defaults`).
 """
 
 from __future__ import annotations
@@ -19,17 +21,28 @@ from typing import Any
 import numpy as np
 
 from agents.keyboard import MOVE_KEYS, TURN_KEYS, KeyboardMapping
-from viewer.script import Tick, load_keys
+from viewer.display import display_status
+from viewer.script import TOUR, Tick, load_keys, parse_keys
+
+SHEET_KEEP = 1024
+"""Most frames a run keeps for its contact sheet (about 37 MB at 96x128)."""
+EXPLORE_DIR = Path("outputs")
+"""Where a run without a display writes its mp4 and contact sheet, and V its recordings (git-ignored)."""
 
 EPILOG = """\
 keys:   W/S forward/back, A/D strafe, arrows yaw/pitch, hold the left mouse button and drag to look,
         R reset, P pause, V record toggle (mp4 + .actions.jsonl), H help overlay, Esc/Q quit.
 
+no display (no DISPLAY / WAYLAND_DISPLAY on Linux, or SDL_VIDEODRIVER=dummy): plain `python -m viewer`
+        explores headless instead: a built-in 120-step tour of the world, written to outputs/explore.mp4
+        (+ .actions.jsonl) and outputs/explore_sheet.png, with a one-line summary. --window forces a window.
+
 examples:
-  python -m viewer --checkpoint world.safetensors
+  python -m viewer                                        # the bundled world (window, or headless tour)
   python -m viewer --checkpoint world.safetensors --image start.png --record walk.mp4
-  python -m viewer --checkpoint doom_world.safetensors --compare-real
-  python -m viewer --headless --steps 60 --keys walk.keys --record out.mp4 --screenshot shot.png
+  python -m viewer --compare-real                         # the real Doom engine beside the model
+  python -m viewer --headless --steps 60 --keys examples/walk.keys --record outputs/walk.mp4
+  python -m viewer --threads 1                            # on a shared machine: one CPU thread
 
 key scripts (--keys): one line per run of ticks, '<repeat> <keys...> [mouse=DX,DY]', e.g.
   10 w        # 10 steps forward
@@ -61,31 +74,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare-real", action="store_true",
                    help="show the real DoomCamera-v0 following the same actions side by side (Doom worlds only)")
     p.add_argument("--map", default=None, help="Doom map for --compare-real (default: the world card's 'map')")
-    p.add_argument("--headless", action="store_true", help="no window (SDL dummy driver); run --steps ticks and exit")
+    p.add_argument("--headless", action="store_true",
+                   help="no window (SDL dummy driver): run a key script for --steps ticks and exit")
     p.add_argument("--steps", type=int, default=None,
-                   help="headless: ticks to run after the first reset (default: the key script's length, else 100)")
-    p.add_argument("--keys", type=Path, default=None, help="headless: key script (format below)")
+                   help="ticks to run after the first reset (implies --headless; default: the key script's length, "
+                        "else 100)")
+    p.add_argument("--keys", type=Path, default=None,
+                   help="key script to play (implies --headless; format below; examples/*.keys)")
     p.add_argument("--screenshot", type=Path, default=None, help="save the window (frames + HUD) as PNG when done")
+    p.add_argument("--sheet", type=Path, default=None,
+                   help="write a contact sheet (PNG, 12 frames spread over the run) when done")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the model (default: 1 when the machine's cores are busy, else torch's "
+                        "default; on a shared machine pass 1)")
+    p.add_argument("--window", action="store_true",
+                   help="open the window even when no display is detected (skips the headless fallback)")
     p.add_argument("--show-help", action="store_true", help="start with the help overlay shown")
     p.add_argument("--queue", type=int, default=2, help="frame queue size in steps: how far generation may run ahead")
     p.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
-    p.add_argument("--reprojection", default=None,
-                   help="reprojection memory (worldmodel/reproject.py): 'on' (its defaults) turns the picture "
-                        "exactly with the camera while the network draws steps that do not turn; 'off' (the network "
-                        "alone), or key=value,... of its settings (refresh_coverage, mask_power, keep, travel_scale, "
-                        "min_turn, warp_mode); default: as the world file says")
-    args = p.parse_args(argv)
-    if args.reprojection is not None:
-        from worldmodel.reproject import ReprojectionConfig
+    from worldmodel.reproject_config import add_reprojection_argument  # one definition for the viewer, eval and bundle
 
-        try:
-            ReprojectionConfig.parse(args.reprojection)
-        except ValueError as e:
-            p.error(str(e))
-    if not args.headless and (args.keys is not None or args.steps is not None):
-        p.error("--keys and --steps drive a --headless run")
+    add_reprojection_argument(p, "'on' turns the picture exactly with the camera while the network draws steps "
+                                 "that do not turn. Default: as the world file says.")
+    args = p.parse_args(argv)
+    if args.keys is not None or args.steps is not None:
+        if args.window:
+            p.error("--keys and --steps drive a headless run; --window opens a window for the keyboard")
+        args.headless = True
+    if args.headless and args.window:
+        p.error("--headless and --window exclude each other")
     if args.queue < 1:
         p.error("--queue must be >= 1")
+    if args.steps is not None and args.steps < 0:
+        p.error("--steps must be >= 0")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
+    args.explore = None  # set by explore_defaults when there is no display
+    return args
+
+
+def explore_defaults(args: argparse.Namespace, why: str) -> argparse.Namespace:
+    """Turn a windowed run into the headless exploration when there is no display: tour, mp4, sheet."""
+    args.headless = True
+    args.explore = why
+    if args.record is None:
+        args.record = EXPLORE_DIR / "explore.mp4"
+    if args.sheet is None:
+        args.sheet = EXPLORE_DIR / "explore_sheet.png"
     return args
 
 
@@ -158,10 +193,13 @@ class Viewer:
         from viewer.hud import Hud
         from viewer.worker import GenerationWorker, LiveInput
         from worldmodel.reproject import ReprojectionConfig
+        from worldmodel.threads import choose_threads, use_threads
 
         self.args = args
+        self.threads, self.threads_why = choose_threads(args.threads)
+        use_threads(self.threads)
         world = load_world(args.checkpoint, None, args.device)
-        if args.reprojection is not None:
+        if args.reprojection is not None:  # configures the viewer's own freshly loaded world, before any stream
             world.meta.reprojection = ReprojectionConfig.parse(args.reprojection)
         self.env = WorldEnv(world=world)
         self.fps_step = world.frames_per_step
@@ -169,19 +207,23 @@ class Viewer:
         H, W = world.meta.image_hw
         self.real_env = make_real_env(world, args.map) if args.compare_real else None
         start = load_image(args.image, (H, W)) if args.image is not None else None
-        self.mapping = KeyboardMapping.for_bounds(self.env.action_space.low, self.env.action_space.high)
+        # Speeds of a typical step of the training data, clipped to what the env accepts.
+        self.mapping = KeyboardMapping.for_world(world, self.env.action_space.low, self.env.action_space.high)
 
         pygame.init()
         self.scale = args.scale or max(1, 768 // (W * (2 if self.real_env else 1)))
         panes = 2 if self.real_env is not None else 1
         self.pane = (W * self.scale, H * self.scale)
         self.screen = pygame.display.set_mode((self.pane[0] * panes, self.pane[1]))
-        pygame.display.set_caption("worldmodel viewer" + (" | left: learned world, right: real Doom" if panes == 2 else ""))
+        pygame.display.set_caption("worldmodel viewer" + (" | left: model, right: engine" if panes == 2 else ""))
         self.hud = Hud()
         self.frames: queue.Queue = queue.Queue(maxsize=args.queue)
         if args.headless:
             try:
-                ticks = load_keys(args.keys) if args.keys is not None else []
+                if args.keys is not None:
+                    ticks = load_keys(args.keys)
+                else:
+                    ticks = parse_keys(TOUR, "<tour>") if args.explore else []
             except ValueError as e:
                 raise SystemExit(f"viewer: {e}") from e
             steps = args.steps if args.steps is not None else (len(ticks) or 100)
@@ -195,19 +237,23 @@ class Viewer:
         self.stats: dict[str, Any] = {"shown_fps": 0.0, "model_fps": 0.0}
         self.current: tuple[np.ndarray, np.ndarray | None] | None = None
         self.ticks = 0
+        self.steps = 0  # env steps (ticks that were not resets)
+        self.sheet_frames: list[tuple[str, np.ndarray]] = []  # (label, last frame) every sheet_every ticks
+        self.sheet_every = 1
 
     # ---- recording -------------------------------------------------------------------
 
-    def toggle_recording(self) -> None:
+    def toggle_recording(self, quiet: bool = False) -> None:
         """Start recording to --record (first time) or a timestamped file; stop if recording."""
         from viewer.recorder import Recorder
 
         if self.recorder is not None:
             self.recorder.close()
-            print(f"recorded {self.recorder.frames} frames to {self.recorder.path}", file=sys.stderr)
+            if not quiet:  # the run's summary line names the file at the end
+                print(f"recorded {self.recorder.frames} frames to {self.recorder.path}", file=sys.stderr)
             self.recorder = None
             return
-        path = self._next_record or Path("recordings") / time.strftime("world-%Y%m%d-%H%M%S.mp4")
+        path = self._next_record or EXPLORE_DIR / "recordings" / time.strftime("world-%Y%m%d-%H%M%S.mp4")
         self._next_record = None
         self.recorder = Recorder(path, self.video_fps)
 
@@ -216,8 +262,16 @@ class Viewer:
     def take(self, packet) -> None:
         """Account for one tick's packet: record it and update the HUD numbers."""
         self.ticks += 1
+        self.steps += packet.action is not None
         if self.recorder is not None:
             self.recorder.write(packet)
+        if self.args.sheet is not None and (self.ticks - 1) % self.sheet_every == 0:
+            from viewer.recorder import compose
+
+            label = "start" if packet.action is None else f"step {packet.info['step']}"
+            self.sheet_frames.append((label, compose(packet)[-1]))
+            if len(self.sheet_frames) >= SHEET_KEEP:  # a long window session: thin out, keep the spacing even
+                self.sheet_frames, self.sheet_every = self.sheet_frames[::2], 2 * self.sheet_every
         if packet.input.help:
             self.show_help = not self.show_help
         self.stats.update(c2w=packet.info["c2w"], step=packet.info["step"], timing=packet.info["timing"],
@@ -232,9 +286,18 @@ class Viewer:
             self.screen.blit(pygame.transform.scale(_surface(world), self.pane), (0, 0))
             if real is not None:
                 self.screen.blit(pygame.transform.scale(_surface(real), self.pane), (self.pane[0], 0))
+                self._label_panes()
         self.stats.update(recording=self.recorder is not None, paused=self.worker.paused.is_set())
         self.hud.draw(self.screen, self.stats, self.show_help)
         pygame.display.flip()
+
+    def _label_panes(self) -> None:
+        """'model' and 'engine' at the bottom left of their panes (the HUD has the top left)."""
+        from viewer.annotate import PANE_LABELS
+
+        for i, name in enumerate(PANE_LABELS):
+            text = self.hud.font.render(f" {name} ", True, (255, 255, 255), (0, 0, 0))
+            self.screen.blit(text, (i * self.pane[0] + 6, self.pane[1] - text.get_height() - 6))
 
     def _check_worker(self) -> None:
         if self.worker.error is not None:
@@ -258,17 +321,29 @@ class Viewer:
             if self.recorder is not None:
                 frames = self.recorder.frames
                 path = self.recorder.path
-                self.toggle_recording()
+                self.toggle_recording(quiet=True)
             if self.args.screenshot is not None:
                 self.args.screenshot.parent.mkdir(parents=True, exist_ok=True)
                 pygame.image.save(self.screen, str(self.args.screenshot))
+            sheet = None
+            if self.args.sheet is not None and self.sheet_frames:
+                from viewer.annotate import save_contact_sheet
+
+                labels, frames_ = zip(*self.sheet_frames, strict=True)
+                sheet = save_contact_sheet(self.args.sheet, list(frames_), list(labels))
             if self.real_env is not None:
                 self.real_env.close()
             pygame.quit()
         self._check_worker()
-        summary = {"ticks": self.ticks, "frames_recorded": frames}
+        made, seconds = self.worker.generated
+        summary: dict[str, Any] = {
+            "ticks": self.ticks, "steps": self.steps, "frames_generated": made, "model_fps": made / seconds if seconds else 0.0,
+            "threads": self.threads, "threads_why": self.threads_why, "frames_recorded": frames,
+        }
         if frames:
             summary["recording"] = str(path)
+        if sheet is not None:
+            summary["sheet"] = str(sheet)
         return summary
 
     def _headless(self) -> None:
@@ -340,9 +415,27 @@ class Viewer:
             clock.tick(240)
 
 
+def summary_line(summary: dict[str, Any], explore: str | None) -> str:
+    """The one line a run ends with: what ran, how fast, and where its files are."""
+    what = f"{summary['steps']} step{'s' if summary['steps'] != 1 else ''}"
+    files = [summary[k] for k in ("recording", "sheet") if k in summary]
+    line = (f"{what}, {summary['frames_generated']} frames generated at {summary['model_fps']:.1f} fps "
+            f"({summary['threads']} thread{'s' if summary['threads'] != 1 else ''})")
+    if files:
+        line += " -> " + ", ".join(files)
+    if explore:
+        line = (f"viewer: no display ({explore}), so it explored the world headless: {line}. "
+                "On a machine with a display `python -m viewer` opens the window (or pass --window).")
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m viewer`; returns the exit status."""
     args = parse_args(argv)
+    if not args.headless and not args.window:
+        shown, why = display_status()
+        if not shown:
+            explore_defaults(args, why)
     from worldmodel.checkpoint import CheckpointError
 
     try:
@@ -350,5 +443,5 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, FileNotFoundError) as e:
         print(f"viewer: {e}", file=sys.stderr)
         return 2
-    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    print(summary_line(summary, args.explore))
     return 0

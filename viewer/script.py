@@ -42,6 +42,22 @@ class Tick:
     """Free-form annotations (e.g. the script line) for the action log."""
 
 
+TOUR = """\
+# The built-in tour of `python -m viewer` on a machine without a display: look around, walk, strafe.
+16 right        # turning is what the bundled world does best (its memory turns the picture exactly)
+32 left
+16 right
+10 w
+10 w right
+12 left
+8 w
+6 d
+6 a
+4 s
+"""
+"""Key script of the headless exploration (120 steps); `--keys FILE` replaces it."""
+
+
 def parse_keys(text: str, source: str = "<keys>") -> list[Tick]:
     """Parse a key script into one Tick per tick; errors name the line and the problem."""
     ticks: list[Tick] = []

@@ -94,6 +94,7 @@ class GenerationWorker(threading.Thread):
         self.stopping = threading.Event()
         self.error: BaseException | None = None
         self.model_fps = 0.0  # video frames per second the model produces while it is not waiting
+        self.generated = (0, 0.0)  # (video frames, seconds of step latency) over the run, for the summary
 
     def stop(self) -> None:
         """Ask the thread to finish its current step and exit."""
@@ -136,6 +137,7 @@ class GenerationWorker(threading.Thread):
         fps = frames.shape[0]
         latency = info["timing"].latency_s
         self.model_fps = fps / latency if self.model_fps == 0 else 0.9 * self.model_fps + 0.1 * fps / latency
+        self.generated = (self.generated[0] + fps, self.generated[1] + latency)
         real, real_done = None, False
         if self.real_env is not None:
             real, _, real_term, real_trunc, _ = self.real_env.step(action)

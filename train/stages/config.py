@@ -7,11 +7,52 @@ documented here. Paper-scale values are in the docstrings where we scale them do
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
+from train.common import ConfigError
 from worldmodel.parallel import ParallelConfig
 
 STAGES = ("diffusion", "distill", "adversarial")
+
+
+def require(condition: bool, key: str, value: Any, rule: str) -> None:
+    """Raise ConfigError naming `key` when a setting breaks its rule."""
+    if not condition:
+        raise ConfigError(f"{key}={value!r} {rule}")
+
+
+@dataclass
+class LoopConf:
+    """Settings of the one training loop (train/stages/loop.py), shared by the VAE phases and the stages."""
+
+    seed: int = 0
+    """Seed of model init, data order and noise."""
+    threads: int | None = None
+    """torch CPU threads; null: 1 on a busy machine, else torch's default (worldmodel.threads)."""
+    ckpt_every: int = 50
+    """Save the training state every this many steps (and when the run stops)."""
+    log_every: int = 10
+    """Log metrics every this many steps."""
+    resume: bool = False
+    """Continue the run in run_dir from its training state; without it a used run_dir is refused."""
+    resume_changes: list[str] = field(default_factory=list)
+    """Settings a resume may change, e.g. [stage.lr,seed]; a resume that changes any other setting is refused."""
+    stop_after: int = 0
+    """Stop this run after this many steps, saving the state (0 = run to the end); for time-sliced jobs."""
+    progress_bar: bool = True
+    """Show the tqdm bar."""
+
+    FREE: ClassVar[tuple[str, ...]] = ("threads", "ckpt_every", "log_every", "resume", "resume_changes",
+                                       "stop_after", "progress_bar", "run_dir", "out")
+    """Settings a resume may change without resume_changes: how often and where, not what is learned."""
+
+    def __post_init__(self) -> None:
+        require(self.threads is None or self.threads >= 1, "threads", self.threads, "must be >= 1, or null for the default")
+        require(self.ckpt_every >= 1, "ckpt_every", self.ckpt_every, "must be >= 1 (steps between saved states)")
+        require(self.log_every >= 1, "log_every", self.log_every, "must be >= 1 (steps between metric rows)")
+        require(self.stop_after >= 0, "stop_after", self.stop_after, "must be >= 0 (0 = run to the end)")
+        require(all(isinstance(k, str) for k in self.resume_changes), "resume_changes", self.resume_changes,
+                "must be a list of config keys, e.g. [stage.lr,seed]")
 
 
 @dataclass
@@ -161,8 +202,8 @@ class ParallelConf(ParallelConfig):
 
 
 @dataclass
-class TrainConfig:
-    """Everything one stage run needs."""
+class TrainConfig(LoopConf):
+    """Everything one stage run needs (the loop's settings are those of LoopConf)."""
 
     stage: StageConf = field(default_factory=StageConf)
     """The stage (hydra group `stage`)."""
@@ -176,29 +217,28 @@ class TrainConfig:
     """Training state, metrics.jsonl, TensorBoard files and sample videos."""
     out: str = "checkpoints/diffusion_tiny.safetensors"
     """Final weights of this stage (input of the next)."""
-    seed: int = 0
-    """Seed of init, data order and noise."""
     deterministic: bool = True
     """Deterministic kernels (exact resume on CPU; slower on GPU)."""
     device: str = "auto"
-    """'auto' (CUDA when available), 'cpu' or 'cuda'."""
+    """'auto' (CUDA when available), 'cpu' or 'cuda' (under torchrun each rank takes its local GPU)."""
     bf16: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
-    threads: int = 2
-    """torch CPU threads."""
-    ckpt_every: int = 50
-    """Save the training state every this many steps (and at exit)."""
-    log_every: int = 10
-    """Log metrics every this many steps."""
     sample_every: int = 0
     """Write a sample video every this many steps (0 = only at the end)."""
     sample_frames: int = 8
     """Latent frames per sample video (0 = no sample videos, e.g. where imageio has no ffmpeg)."""
     sample_steps: int = 8
     """Euler steps per latent frame in the diffusion stage's sample videos (the distilled stages use 1)."""
-    resume: bool = False
-    """Continue from <run_dir>/state.safetensors when it exists."""
-    stop_after: int = 0
-    """Stop this run after this many steps, saving the state (0 = run to stage.steps)."""
-    progress_bar: bool = True
-    """Show the tqdm bar."""
+
+    FREE: ClassVar[tuple[str, ...]] = (*LoopConf.FREE, "stage.steps", "device", "parallel", "sample_every",
+                                       "sample_frames", "sample_steps", "stage.adversarial.world_out")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.stage.steps >= 1, "stage.steps", self.stage.steps, "must be >= 1")
+        for i, phase in enumerate(self.data.curriculum):
+            require(phase.batch_size >= 1, f"data.curriculum[{i}].batch_size", phase.batch_size, "must be >= 1")
+        require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "is not one of auto, cpu, cuda")
+        for key in ("sample_every", "sample_frames"):
+            require(getattr(self, key) >= 0, key, getattr(self, key), "must be >= 0 (0 = off)")
+        require(self.sample_steps >= 1, "sample_steps", self.sample_steps, "must be >= 1")

@@ -1,11 +1,17 @@
-"""The loop every stage shares: setup, exact resume, guarded updates, logging, samples, final weights.
+"""The one training loop, and the base of the three post-training stages.
+
+`TrainingLoop` is the loop the VAE phases (train/vae.py) and the stages run in: the run_dir
+lock and the refusal to overwrite a run, exact resume (refused when the settings changed),
+the step loop, metrics (JSONL + TensorBoard), a tqdm bar, atomic training states every
+`ckpt_every` steps and when the run stops, `stop_after`, and stopping on SIGINT/SIGTERM.
+A state is only ever saved at a step boundary: a signal is acted on between steps, and an
+exception inside a step saves nothing (the last saved state is an exact one).
 
 A stage subclasses `Stage`, builds its models/optimizers in `build()` and implements
 `train_step(batch, step) -> metrics`, calling `self.update(...)` for each optimizer step.
-Everything else lives here: distributed init (rank 0 logs), seeds, the curriculum data
-stream, bf16 autocast on CUDA, the NaN/inf guard (raises before the optimizer touches the
-weights, leaving the last good checkpoint as it is), atomic training states every
-`ckpt_every` steps and at exit, metrics (JSONL + TensorBoard), a tqdm bar, and mp4 samples.
+`Stage` adds distributed init (rank 0 logs), seeds, the curriculum data stream, bf16
+autocast on CUDA, the NaN/inf guard (raises before the optimizer touches the weights) and
+mp4 samples.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import contextlib
 import dataclasses
 import json
 import logging
+import signal
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,9 +32,13 @@ import torch
 from torch import nn
 
 from train.common import (
+    ConfigError,
+    Interrupted,
     MetricsLogger,
-    NonFiniteLossError,
+    StopSignals,
     check_finite,
+    claim_run_dir,
+    config_changes,
     previous_path,
     progress,
     read_training_state,
@@ -38,13 +50,14 @@ from train.distributed import DistInfo, init_distributed
 from train.sharded_state import gather_states, scatter_states, unsharded_copy
 from train.latents import load_frozen_vae
 from train.rollout import sample_rollout
-from train.stages.config import TrainConfig
+from train.stages.config import LoopConf, TrainConfig
 from train.stages.data import ClipStream
 from worldmodel.checkpoint import CheckpointError, load_checkpoint, load_meta, save_world_model, subset
 from worldmodel.config import CameraStats, DiTConfig, model_config
 from worldmodel.dit import WorldDiT
 from worldmodel.flow import consistency_grid
 from worldmodel.parallel import build_mesh, data_parallel_rank, parallelize, reshard
+from worldmodel.threads import use_threads
 from worldmodel.world import video_to_uint8
 
 log = logging.getLogger(__name__)
@@ -66,14 +79,213 @@ def load_dit_weights(model: WorldDiT, path: str | Path, allow_missing: tuple[str
     model.load_state_dict(state, strict=False)
 
 
-class Stage:
+class TrainingLoop:
+    """The one training loop. A subclass builds its models, optimizers and data in `__init__`
+    and implements `total_steps`, `next_batch`, `batch_size`, `train_step`, `state_parts` and `restore`."""
+
+    name = "loop"
+
+    def __init__(self, cfg: LoopConf, run_dir: str | Path) -> None:
+        self.cfg = cfg
+        use_threads(cfg.threads)
+        self.run_dir = Path(run_dir)
+        self.state_path = self.run_dir / "state.safetensors"
+        self.models: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.step = 0
+        self.saved_step: int | None = None  # the step the state file holds: never written twice
+        self.evals: dict[int, dict[str, float]] = {}  # on_checkpoint metrics by step
+        self.logger: MetricsLogger | None = None  # open while `run` runs, on the main rank
+        self.is_main = True  # the rank that logs and writes files
+        self.evaluates = True  # this rank takes part in evaluations, samples and exports
+
+    # ---- to implement ---------------------------------------------------------------------
+
+    @property
+    def total_steps(self) -> int:
+        """The step this run trains to."""
+        raise NotImplementedError
+
+    def next_batch(self) -> Any:
+        """The batch of step `self.step` (advances the data stream)."""
+        raise NotImplementedError
+
+    def batch_size(self, batch: Any) -> int:
+        """Clips in a batch (for the clips/s on the progress bar)."""
+        raise NotImplementedError
+
+    def train_step(self, batch: Any, step: int) -> dict[str, float]:
+        """One training iteration; returns scalar metrics."""
+        raise NotImplementedError
+
+    def state_parts(self) -> tuple[dict, dict, dict[str, torch.Generator], dict[str, Any]] | None:
+        """(models, optimizers, generators, JSON extra) to save; None on ranks that do not write."""
+        raise NotImplementedError
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Load a read training state into the models, optimizers, generators and data position."""
+        raise NotImplementedError
+
+    def export(self, summary: dict[str, Any]) -> None:
+        """What a run leaves behind once every step is done (weights, evaluations); may add to `summary`."""
+
+    def iteration(self, batch: Any) -> dict[str, float]:
+        """`train_step` in the training context (model modes, autocast)."""
+        return self.train_step(batch, self.step)
+
+    def on_checkpoint(self, step: int) -> dict[str, float]:
+        """Extra metrics at each checkpoint (e.g. distillation gap); default none."""
+        return {}
+
+    def after_step(self) -> None:
+        """Anything due after a step on its own schedule (e.g. sample videos); default nothing."""
+
+    def any_rank(self, flag: bool) -> bool:
+        """True when `flag` is set on any rank (a collective when distributed)."""
+        return flag
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Train to `total_steps` (or `stop_after` more steps); returns a summary.
+
+        SIGINT/SIGTERM stop the run at the next step boundary, save its state and raise
+        `Interrupted`; a second signal aborts at once. Any other exception saves nothing.
+        """
+        with self.claimed_run_dir():
+            self.resume()
+            start, t0 = self.step, time.perf_counter()
+            self.logger = MetricsLogger(self.run_dir, resume_step=start if self.cfg.resume else None) if self.is_main else None
+            try:
+                first, last, signum = self.train_steps(start, t0)
+                if signum is not None:
+                    raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped after step {self.step}, saved "
+                                              f"to {self.state_path}; continue with resume=true")
+                summary: dict[str, Any] = {"stage": self.name, "steps": self.step, "steps_this_run": self.step - start,
+                                           "stopped_early": self.step < self.total_steps,
+                                           "wall_s": time.perf_counter() - t0, "first": first, "last": last}
+                if not summary["stopped_early"]:
+                    self.export(summary)
+            finally:
+                if self.logger is not None:
+                    self.logger.close()
+        if self.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        return summary
+
+    def train_steps(self, start: int, t0: float) -> tuple[dict[str, float], dict[str, float], int | None]:
+        """Steps until the end, `stop_after` or a signal, then save the state; returns the first and
+        last step's metrics and the signal that stopped the run (None if none did)."""
+        cfg, stopped_by = self.cfg, None
+        first: dict[str, float] = {}
+        last: dict[str, float] = {}
+        bar = progress(self.total_steps, start, desc=self.name) if self.is_main and cfg.progress_bar else None
+        with StopSignals() as signals:
+            try:
+                if self.evaluates and start == 0:
+                    self.evaluate()
+                while self.step < self.total_steps:
+                    batch = self.next_batch()
+                    last = self.iteration(batch)
+                    self.step += 1  # a step boundary: from here on the state is whole again
+                    first = first or last
+                    self.report(last, self.batch_size(batch), start, t0, bar)
+                    if self.step % cfg.ckpt_every == 0:
+                        self.save_state()
+                        if self.evaluates:
+                            self.evaluate()
+                    self.after_step()
+                    if self.any_rank(signals.received is not None):  # every rank stops after the same step
+                        stopped_by = signals.received or signal.SIGTERM
+                        break
+                    if self.step - start == cfg.stop_after:
+                        break
+                self.save_state()
+            finally:
+                if bar is not None:
+                    bar.close()
+        return first, last, stopped_by
+
+    def report(self, metrics: dict[str, float], clips: int, start: int, t0: float, bar: Any) -> None:
+        """Log a step's metrics every `log_every` steps (and the last) and move the progress bar."""
+        rate = (self.step - start) / (time.perf_counter() - t0)
+        if self.logger is not None and (self.step % self.cfg.log_every == 0 or self.step == self.total_steps):
+            self.logger.log(self.step, {**metrics, "steps_per_s": rate})
+        if bar is not None:
+            bar.update(1)
+            key = next(iter(metrics))
+            bar.set_postfix({key: f"{metrics[key]:.4f}", "clips/s": f"{rate * clips:.2f}"})
+
+    def evaluate(self) -> None:
+        """Run `on_checkpoint` at the current step, log (main rank) and remember its metrics."""
+        metrics = self.on_checkpoint(self.step)
+        if metrics:
+            self.evals[self.step] = metrics
+            if self.logger is not None:
+                self.logger.log(self.step, metrics)
+
+    def guard(self, losses: dict[str, torch.Tensor]) -> None:
+        """NaN/inf guard: raise before any weight changes; the last good checkpoint stays."""
+        check_finite(self.step, losses, self.state_path if self.state_path.exists() else None)
+
+    # ---- run_dir and state -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def claimed_run_dir(self) -> Iterator[None]:
+        """Hold run_dir for this run; refuse one another run holds, or a used one without resume=true.
+        The main rank holds the lock; when it refuses, every rank stops."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as hold:
+            refused = None
+            if self.is_main:
+                run_files = (self.state_path.name, previous_path(self.state_path).name, "metrics.jsonl")
+                try:
+                    hold.enter_context(claim_run_dir(self.run_dir, self.cfg.resume, run_files))
+                except ConfigError as e:
+                    refused = e
+            if self.any_rank(refused is not None):
+                raise refused or ConfigError(f"rank 0 refused run_dir={self.run_dir}; see its error")
+            yield
+
+    def save_state(self) -> None:
+        """Write the training state of this step boundary (atomic; the previous file is kept)."""
+        if self.saved_step == self.step:
+            return
+        parts = self.state_parts()
+        if parts is not None:
+            models, optimizers, generators, extra = parts
+            save_training_state(self.state_path, self.step, models, optimizers, generators,
+                                extra={**extra, "stage": self.name, "config": dataclasses.asdict(self.cfg)})
+        self.saved_step = self.step
+
+    def resume(self) -> None:
+        """With resume=true, continue from <run_dir>/state.safetensors (or its previous copy) if there is one."""
+        if not (self.cfg.resume and (self.state_path.exists() or previous_path(self.state_path).exists())):
+            return
+        tensors, meta = read_training_state(self.state_path)
+        extra = meta["extra"]
+        if extra.get("stage", self.name) != self.name:
+            raise CheckpointError(f"{self.state_path} holds a {extra.get('stage')!r} run, not {self.name!r}; "
+                                  f"use another run_dir")
+        allowed = (*self.cfg.FREE, *self.cfg.resume_changes)
+        changed = config_changes(extra.get("config") or {}, self.cfg, allowed)
+        if changed:
+            diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ConfigError(f"{self.state_path} was trained with other settings ({diff}); resume with the saved "
+                              f"values, or accept the change with resume_changes=[{','.join(changed)}]")
+        self.restore(tensors, meta)
+        self.step = self.saved_step = int(meta["step"])
+        if self.is_main:
+            print(f"resumed {self.name} from {self.state_path} at step {self.step}")
+
+
+class Stage(TrainingLoop):
     """Base class of the three post-training stages."""
 
     name = "stage"
 
     def __init__(self, cfg: TrainConfig) -> None:
-        self.cfg = cfg
-        torch.set_num_threads(cfg.threads)
+        super().__init__(cfg, cfg.run_dir)
         self.dist: DistInfo = init_distributed(device=None if cfg.device == "auto" else cfg.device)
         self.device = self.dist.device
         # FSDP2 / context parallelism over a (dp_shard, cp) mesh; None = one process or plain data parallel.
@@ -82,9 +294,9 @@ class Stage:
         # Ranks of one context-parallel group see the same clips and the same noise.
         self.data_rank, self.data_world = (data_parallel_rank(self.mesh) if self.sharded
                                            else (self.dist.rank, self.dist.world_size))
+        self.is_main = self.dist.is_main
+        self.evaluates = self.dist.is_main or self.sharded  # sharded models need every rank in each forward
         seed_everything(cfg.seed, deterministic=cfg.deterministic)  # same init on every rank
-        self.run_dir = Path(cfg.run_dir)
-        self.state_path = self.run_dir / "state.safetensors"
         self.vae = load_frozen_vae(cfg.data.vae, self.device)
         self.model_cfg = model_config(cfg.model.size, **dict(cfg.model.overrides))
         if self.vae.cfg.latent_channels != self.model_cfg.latent_channels:
@@ -105,10 +317,7 @@ class Stage:
         self.camera_stats = self.stream.dataset(0).stats
         # Noise and timesteps differ per rank; the global RNG (model init) does not.
         self.noise_gen = torch.Generator(self.device).manual_seed(cfg.seed * 1009 + self.data_rank)
-        self.models: dict[str, nn.Module] = {}
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.build()
-        self.step = 0
 
     # ---- to implement ---------------------------------------------------------------------
 
@@ -116,18 +325,10 @@ class Stage:
         """Create `self.models` / `self.optimizers` (and anything else the stage needs)."""
         raise NotImplementedError
 
-    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, float]:
-        """One training iteration; returns scalar metrics."""
-        raise NotImplementedError
-
     @property
     def generator(self) -> WorldDiT:
         """The model whose weights are the stage's output."""
         raise NotImplementedError
-
-    def on_checkpoint(self, step: int) -> dict[str, float]:
-        """Extra metrics at each checkpoint (e.g. distillation gap); default none."""
-        return {}
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Stage-specific exports after the last step."""
@@ -174,10 +375,6 @@ class Stage:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def guard(self, losses: dict[str, torch.Tensor]) -> None:
-        """NaN/inf guard: raise before any weight changes; the last good checkpoint stays."""
-        check_finite(self.step, losses, self.state_path if self.state_path.exists() else None)
-
     def update(self, opt: torch.optim.Optimizer, model: nn.Module) -> float:
         """Average gradients over ranks, clip, step and clear; returns the gradient norm."""
         params = [p for p in model.parameters() if p.grad is not None]
@@ -200,8 +397,8 @@ class Stage:
         """Name of a rank's noise generator in the training state ('noise' on rank 0, as in one process)."""
         return "noise" if rank == 0 else f"noise.rank{rank}"
 
-    def save_state(self) -> None:
-        """Atomic training state (models, optimizers, step, RNGs, every rank's noise and data position).
+    def state_parts(self) -> tuple[dict, dict, dict[str, torch.Generator], dict[str, Any]] | None:
+        """Models, optimizers, every rank's noise generator and data position (a collective when distributed).
 
         Rank 0 writes one file; under FSDP2 the ranks first gather full state dicts to it.
         """
@@ -211,38 +408,29 @@ class Stage:
         if self.dist.world_size > 1:
             per_rank = [None] * self.dist.world_size
             torch.distributed.all_gather_object(per_rank, mine)
-        if self.dist.is_main:
-            gens = {}
-            for r, (noise, _) in enumerate(per_rank):
-                gens[self.noise_key(r)] = g = torch.Generator(self.device)
-                g.set_state(noise)
-            save_training_state(self.state_path, self.step, models, optimizers, gens,
-                                extra={"data_ranks": [d for _, d in per_rank], "world_size": self.dist.world_size,
-                                       "sharded": self.sharded, "stage": self.name,
-                                       "config": dataclasses.asdict(self.cfg)})
+        if not self.dist.is_main:
+            return None
+        gens = {}
+        for r, (noise, _) in enumerate(per_rank):
+            gens[self.noise_key(r)] = g = torch.Generator(self.device)
+            g.set_state(noise)
+        extra = {"data_ranks": [d for _, d in per_rank], "world_size": self.dist.world_size, "sharded": self.sharded}
+        return models, optimizers, gens, extra
 
-    def resume(self) -> None:
-        """Load <run_dir>/state.safetensors (or its previous copy) when resuming."""
-        if self.cfg.resume and (self.state_path.exists() or previous_path(self.state_path).exists()):
-            tensors, meta = read_training_state(self.state_path)
-            extra = meta["extra"]
-            if extra.get("stage") != self.name:
-                raise CheckpointError(f"{self.state_path} holds a {extra.get('stage')!r} run, not {self.name!r}; "
-                                      f"use another run_dir")
-            saved = (extra.get("world_size", 1), extra.get("sharded", False))
-            if saved != (self.dist.world_size, self.sharded):
-                raise CheckpointError(
-                    f"{self.state_path} was saved by {saved[0]} rank(s) with parallel.fsdp={saved[1]}; resume with "
-                    f"the same torchrun --nproc_per_node and parallel.fsdp (this job: {self.dist.world_size}, "
-                    f"{self.sharded}), or start a new run from its exported weights with stage.init")
-            load_full = partial(scatter_states, self.models, self.optimizers) if self.sharded else None
-            restore_training_state(tensors, meta, self.state_path, self.models, self.optimizers,
-                                   {self.noise_key(self.dist.rank): self.noise_gen}, load_full=load_full)
-            self.step = int(meta["step"])
-            # States written before "data_ranks" existed hold one data position, "data".
-            self.stream.load_state(extra.get("data_ranks", [extra.get("data")])[self.dist.rank])
-            if self.dist.is_main:
-                print(f"resumed {self.name} from {self.state_path} at step {self.step}")
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """This rank's part of a stage's training state (FSDP2: every rank keeps its own shards)."""
+        extra = meta["extra"]
+        saved = (extra.get("world_size", 1), extra.get("sharded", False))
+        if saved != (self.dist.world_size, self.sharded):
+            raise CheckpointError(
+                f"{self.state_path} was saved by {saved[0]} rank(s) with parallel.fsdp={saved[1]}; resume with "
+                f"the same torchrun --nproc_per_node and parallel.fsdp (this job: {self.dist.world_size}, "
+                f"{self.sharded}), or start a new run from its exported weights with stage.init")
+        load_full = partial(scatter_states, self.models, self.optimizers) if self.sharded else None
+        restore_training_state(tensors, meta, self.state_path, self.models, self.optimizers,
+                               {self.noise_key(self.dist.rank): self.noise_gen}, load_full=load_full)
+        # States written before "data_ranks" existed hold one data position, "data".
+        self.stream.load_state(extra.get("data_ranks", [extra.get("data")])[self.dist.rank])
 
     # ---- samples --------------------------------------------------------------------------------
 
@@ -289,7 +477,7 @@ class Stage:
         imageio.mimwrite(path, list(frames), fps=8, macro_block_size=1)
         return path
 
-    # ---- the loop -------------------------------------------------------------------------------
+    # ---- outputs -----------------------------------------------------------------------------------
 
     def save_weights(self) -> None:
         """The stage's output weights (DiT + camera stats) for the next stage; rank 0 writes."""
@@ -298,77 +486,46 @@ class Stage:
             save_world_model(self.cfg.out, model, model.cfg, self.camera_stats,
                              extra_meta={"stage": self.name, "steps": self.step})
 
-    def evaluate(self, logger: MetricsLogger | None) -> None:
-        """Run `on_checkpoint` at the current step, log (rank 0) and remember its metrics."""
-        metrics = self.on_checkpoint(self.step)
-        if metrics:
-            self.evals[self.step] = metrics
-            if logger is not None:
-                logger.log(self.step, metrics)
+    # ---- the stage in the loop ------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
-        """Train to `stage.steps` (or `stop_after` more steps); returns a summary."""
-        cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.resume()
-        start = self.step
-        main = self.dist.is_main
-        every = main or self.sharded  # sharded models need every rank in each forward (evals, samples, exports)
-        logger = MetricsLogger(self.run_dir, resume_step=self.step if cfg.resume else None) if main else None
-        self.evals: dict[int, dict[str, float]] = {}
-        if every and start == 0:
-            self.evaluate(logger)
-        bar = progress(cfg.stage.steps, self.step, desc=self.name) if main and cfg.progress_bar else None
-        t0, first_loss, last = time.perf_counter(), None, {}
-        try:
-            while self.step < cfg.stage.steps:
-                batch = self.stream.next(self.step)
-                for m in self.models.values():
-                    m.train()
-                    reshard(m)  # parameters gathered by a no_grad eval must not serve training (FSDP2)
-                with self.autocast():
-                    metrics = self.train_step(batch, self.step)
-                self.step += 1
-                first_loss = metrics if first_loss is None else first_loss
-                last = metrics
-                if main and (self.step % cfg.log_every == 0 or self.step == cfg.stage.steps):
-                    logger.log(self.step, {**metrics, "steps_per_s": (self.step - start) / (time.perf_counter() - t0)})
-                if bar is not None:
-                    bar.update(1)
-                    key = next(iter(metrics))
-                    bar.set_postfix({key: f"{metrics[key]:.4f}",
-                                     "clips/s": f"{(self.step - start) * len(batch['keys']) / (time.perf_counter() - t0):.2f}"})
-                if self.step % cfg.ckpt_every == 0:
-                    self.save_state()
-                    if every:
-                        self.evaluate(logger)
-                if every and cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self.write_sample(f"step{self.step:07d}")
-                if cfg.stop_after and self.step - start >= cfg.stop_after:
-                    break
-        except NonFiniteLossError:
-            raise  # the last good training state stays untouched
-        except BaseException:
-            self.save_state()  # interrupted: keep what was learned, resumable
-            raise
-        finally:
-            if bar is not None:
-                bar.close()
-        self.save_state()
-        summary: dict[str, Any] = {"stage": self.name, "steps": self.step, "steps_this_run": self.step - start,
-                                   "wall_s": time.perf_counter() - t0, "first": first_loss, "last": last}
-        if self.step >= cfg.stage.steps:
-            self.save_weights()
-            if every:
-                if self.step not in self.evals:
-                    self.evaluate(logger)
-                summary["evals"] = self.evals
-                sample = self.write_sample("final")
-                if sample is not None:
-                    summary["sample"] = str(sample)
-                self.finish(summary)
-                summary["out"] = cfg.out
-        if logger is not None:
-            logger.close()
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        return summary
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.stage.steps
+
+    def next_batch(self) -> dict[str, Any]:
+        return self.stream.next(self.step)
+
+    def batch_size(self, batch: dict[str, Any]) -> int:
+        return len(batch["keys"])
+
+    def iteration(self, batch: dict[str, Any]) -> dict[str, float]:
+        for m in self.models.values():
+            m.train()
+            reshard(m)  # parameters gathered by a no_grad eval must not serve training (FSDP2)
+        with self.autocast():
+            return self.train_step(batch, self.step)
+
+    def after_step(self) -> None:
+        if self.evaluates and self.cfg.sample_every and self.step % self.cfg.sample_every == 0:
+            self.write_sample(f"step{self.step:07d}")
+
+    def any_rank(self, flag: bool) -> bool:
+        if self.dist.world_size == 1:
+            return flag
+        t = torch.tensor(float(flag), device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
+    def export(self, summary: dict[str, Any]) -> None:
+        """Output weights, final evaluation, sample video and the stage's own exports (`finish`)."""
+        self.save_weights()
+        if not self.evaluates:
+            return
+        if self.step not in self.evals:
+            self.evaluate()
+        summary["evals"] = self.evals
+        sample = self.write_sample("final")
+        if sample is not None:
+            summary["sample"] = str(sample)
+        self.finish(summary)
+        summary["out"] = self.cfg.out
