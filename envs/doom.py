@@ -21,14 +21,22 @@ What Doom can realise, and how the env treats the rest (docs/data.md has the mea
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import re
+import struct
+import weakref
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.checks import check_seed
 from envs.spaces import DEFAULT_MAX_ROTATION, DEFAULT_MAX_TRANSLATION, camera_action_space, clip_action, validate_action
+from envs.watchdog import EngineGuard, child_pids
 from worldmodel.camera import interpolate_action
 
 # ZDoom player physics, measured in tests/test_doom_env.py: a delta-move value v adds v/32 units/tic
@@ -44,6 +52,40 @@ REALISABLE = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
 WADS = ("freedoom1", "freedoom2")
 PLAYER_CLEARANCE = 48.0
 """Minimum distance (map units) from any wall for a random start point; the player radius is 16; 48 keeps the first frame off the wall."""
+RANDOM_START_TRIES = 3
+"""Rounds of random start draws (each up to 500 points, all from the env's np_random) before reset gives up."""
+DEFAULT_ENGINE_TIMEOUT_S = 30.0
+"""Seconds one reset or step may wait on the engine before it is killed (a healthy one answers in well under 1 s)."""
+DEFAULT_SPAWN_YAW_JITTER_DEG = 5.0
+"""Half-width of the seeded heading jitter at the map's spawn point, in degrees."""
+_MAP_MARKER = re.compile(r"^(MAP\d\d|E\dM\d)$")
+
+
+@functools.lru_cache(maxsize=8)
+def wad_maps(path: str) -> tuple[str, ...]:
+    """The maps a WAD holds: its MAPxx / ExMy marker lumps, each followed by THINGS (or TEXTMAP), upper case.
+
+    Read from the WAD directory (12-byte header "IWAD"/"PWAD", lump count, directory offset; then
+    16 bytes per lump: offset, size, 8-byte name), so no engine is started.
+    """
+    with open(path, "rb") as f:
+        magic, count, offset = struct.unpack("<4sii", f.read(12))
+        if magic not in (b"IWAD", b"PWAD") or count < 0 or offset < 12:
+            raise ValueError(f"{path} is not a WAD file (header {magic!r}); pass a Doom IWAD or PWAD")
+        f.seek(offset)
+        table = f.read(16 * count)
+    names = [table[i + 8:i + 16].rstrip(b"\0").decode("ascii", "replace").upper() for i in range(0, len(table), 16)]
+    following = names[1:] + [""]
+    return tuple(n for n, nxt in zip(names, following, strict=True) if _MAP_MARKER.match(n) and nxt in ("THINGS", "TEXTMAP"))
+
+
+def check_map(map_name: object, path: str) -> str:
+    """A map name the WAD at `path` holds, upper-cased; else ValueError listing the maps there are."""
+    maps = wad_maps(path)
+    name = map_name.upper() if isinstance(map_name, str) else None
+    if name not in maps:
+        raise ValueError(f"map {map_name!r} is not in {os.path.basename(path)}, which holds {', '.join(maps)}")
+    return name
 
 
 def wad_path(wad: str) -> str:
@@ -115,6 +157,20 @@ class DoomCameraEnv(gym.Env):
     last frame when `depth=True`; `valid_frames` int (< frames_per_step only when the
     level ended mid-step, e.g. the camera crossed an exit line; the rest repeat the last frame).
 
+    ## Reset
+    `reset(seed=..., options={"map": "MAP07", "start": "random"})`. `start="spawn"` (default) is
+    the map's player start turned by a seeded yaw in +-`spawn_yaw_jitter_deg` (default 5 degrees;
+    0 = the exact map start), so the seed chooses the first view; `start="random"` teleports to a
+    seeded open point of the map with a seeded heading (RuntimeError if the map has none). Map
+    names are checked against the WAD's directory (MAPxx / ExMy markers), unknown option keys
+    and bad starts raise ValueError, all before anything changes.
+
+    ## Engine process
+    ViZDoom runs its engine as a child process. Each reset and step must finish within
+    `engine_timeout_s` (default 30 s), else a guard process kills the engine and the call raises
+    TimeoutError (the next reset starts a fresh engine). The engine stops with `close()`, when the
+    env is garbage-collected, at interpreter exit, and (through the guard) when Python is killed.
+
     ## Episode end
     Never terminates; truncates after `max_steps` steps or when the level ends (exit line).
     """
@@ -134,6 +190,8 @@ class DoomCameraEnv(gym.Env):
         max_translation: float = DEFAULT_MAX_TRANSLATION,
         max_rotation: float = DEFAULT_MAX_ROTATION,
         render_mode: str | None = None,
+        spawn_yaw_jitter_deg: float = DEFAULT_SPAWN_YAW_JITTER_DEG,
+        engine_timeout_s: float = DEFAULT_ENGINE_TIMEOUT_S,
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}; DoomCamera-v0 supports None or 'rgb_array'")
@@ -141,8 +199,13 @@ class DoomCameraEnv(gym.Env):
             raise ValueError(f"start={start!r}; expected 'spawn' (map start) or 'random' (teleport into the map)")
         if frames_per_step < 1:
             raise ValueError(f"frames_per_step={frames_per_step} must be >= 1")
-        self.wad, self.map_name, self.start = wad, map_name, start
+        if not 0.0 <= spawn_yaw_jitter_deg <= 180.0:
+            raise ValueError(f"spawn_yaw_jitter_deg={spawn_yaw_jitter_deg} must be in [0, 180] (0 = the exact map start)")
+        if not engine_timeout_s > 0:
+            raise ValueError(f"engine_timeout_s={engine_timeout_s} must be > 0 seconds")
         self._wad_path = wad_path(wad)
+        self.wad, self.map_name, self.start = wad, check_map(map_name, self._wad_path), start
+        self.spawn_yaw_jitter_deg, self.engine_timeout_s = float(spawn_yaw_jitter_deg), float(engine_timeout_s)
         self.render_hw = parse_resolution(resolution)
         self.resolution = resolution
         self.frame_hw = tuple(frame_size) if frame_size is not None else self.render_hw
@@ -151,6 +214,8 @@ class DoomCameraEnv(gym.Env):
         self.action_space = camera_action_space(max_translation, max_rotation)
         self.observation_space = spaces.Box(0, 255, (frames_per_step, *self.frame_hw, 3), dtype=np.uint8)
         self._game = None
+        self._guard: EngineGuard | None = None
+        self._shutdown: weakref.finalize | None = None
         self._loaded_map: str | None = None
         self._steps = 0
         self._last_frame: np.ndarray | None = None
@@ -192,9 +257,34 @@ class DoomCameraEnv(gym.Env):
         # The first tics of a level ignore input; start the episode after them.
         g.set_episode_start_time(10)
         g.set_episode_timeout(0)
+        before = child_pids("vizdoom")
         g.init()
-        self._game = g
+        engines = child_pids("vizdoom") - before
+        guard = EngineGuard(engines.pop()) if len(engines) == 1 else None
+        # Stop the engine with the env: on close(), on garbage collection and at interpreter exit
+        # (weakref.finalize runs at exit); the guard covers a SIGKILLed Python.
+        self._shutdown = weakref.finalize(self, _stop_engine, g, guard)
+        self._game, self._guard = g, guard
         self._loaded_map = self.map_name
+
+    @contextlib.contextmanager
+    def _engine(self, what: str) -> Iterator[None]:
+        """Run engine calls under the guard's deadline; an overrun kills the engine and raises TimeoutError."""
+        guard = self._guard
+        if guard is None:  # the engine's pid was not found: run unguarded
+            yield
+            return
+        try:
+            with guard.deadline(self.engine_timeout_s):
+                yield
+        except Exception as e:
+            if not guard.expired:
+                raise
+            self.close()
+            raise TimeoutError(
+                f"ViZDoom did not answer within {self.engine_timeout_s:g} s while {what} (map {self.map_name}); the "
+                "engine was stopped and the next reset() starts a new one (raise engine_timeout_s on a slow machine)"
+            ) from e
 
     def _vars(self) -> np.ndarray:
         return np.asarray(self._game.get_state().game_variables, dtype=np.float64)
@@ -248,33 +338,67 @@ class DoomCameraEnv(gym.Env):
 
     # -------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        """Start a new episode; options: `map` (switch map), `start` ('spawn' or 'random')."""
-        super().reset(seed=seed)
-        options = options or {}
-        if "map" in options:
-            self.map_name = str(options["map"])
+        """Start a new episode; options: `map` (switch map), `start` ('spawn' or 'random').
+
+        Seed and options are checked before anything changes: an unknown key, a map the WAD does
+        not hold or a bad start is a ValueError, and the env keeps its current map and episode.
+        """
+        seed = check_seed(seed)
+        options = {} if options is None else options
+        if not isinstance(options, Mapping):
+            raise ValueError(f"options is {type(options).__name__}, expected a dict or None")
+        unknown = [k for k in options if k not in ("map", "start")]
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; DoomCamera-v0 takes 'map' and 'start'")
+        map_name = check_map(options["map"], self._wad_path) if "map" in options else self.map_name
         start = options.get("start", self.start)
+        if start not in ("spawn", "random"):
+            raise ValueError(f"options['start']={start!r}; expected 'spawn' (map start) or 'random' (a random point)")
+        super().reset(seed=seed)
+        previous_map, self.map_name = self.map_name, map_name
+        if self._game is not None and not self._game.is_running():  # the engine died: start a new one
+            self.close()
         if self._game is None:
             self._init_game()
-        if self._loaded_map != self.map_name:
-            self._game.set_doom_map(self.map_name)
-            self._loaded_map = self.map_name
-        self._game.set_seed(int(self.np_random.integers(2**31 - 1)))  # flickering lights etc.
-        self._game.new_episode()
-        self._game.send_game_command("god")  # damaging floors must not kill the camera
-        if start == "random":
-            self._random_start()
-        for _ in range(8):  # let the view height settle after spawn/warp
-            self._tic()
+        try:
+            self._start_episode(start)
+        except TimeoutError:
+            self.map_name = previous_map  # the next reset must not walk back into what hung
+            raise
         self._steps = 0
-        fov = self._vars()[5]
-        self._intrinsics = self._frame_intrinsics(fov)
-        frame, pose = self._capture()
-        self._last_frame, self._pose = frame, pose
-        obs = np.repeat(frame[None], self.frames_per_step, axis=0)
-        info = self._info(np.repeat(pose[None], self.frames_per_step, 0), np.zeros(6), np.zeros(6), False)
+        obs = np.repeat(self._last_frame[None], self.frames_per_step, axis=0)
+        info = self._info(np.repeat(self._pose[None], self.frames_per_step, 0), np.zeros(6), np.zeros(6), False)
         info["valid_frames"] = self.frames_per_step
         return obs, info
+
+    def _start_episode(self, start: str) -> None:
+        """New episode on the current map at the (jittered) spawn or a random point; captures the first frame."""
+        with self._engine("starting an episode"):
+            if self._loaded_map != self.map_name:
+                self._game.set_doom_map(self.map_name)
+                self._loaded_map = self.map_name
+            self._game.set_seed(int(self.np_random.integers(2**31 - 1)))  # flickering lights etc.
+            self._game.new_episode()
+            self._game.send_game_command("god")  # damaging floors must not kill the camera
+            if start == "random":
+                self._place_randomly()
+            elif self.spawn_yaw_jitter_deg > 0:
+                # The map start is one fixed pose; a seeded turn makes the seed choose the first view.
+                self._tic(turn=float(self.np_random.uniform(-self.spawn_yaw_jitter_deg, self.spawn_yaw_jitter_deg)))
+            for _ in range(8):  # let the view height settle after spawn/warp
+                self._tic()
+            self._intrinsics = self._frame_intrinsics(self._vars()[5])
+            self._last_frame, self._pose = self._capture()
+
+    def _place_randomly(self) -> None:
+        """A random start, retried with the env's generator; RuntimeError if the map has no room for one."""
+        for _ in range(RANDOM_START_TRIES):
+            if self._random_start():
+                return
+        raise RuntimeError(
+            f"start='random' found no open point {PLAYER_CLEARANCE:g} units from every wall on {self.map_name} "
+            f"({self.wad}) in {RANDOM_START_TRIES} rounds of draws; use start='spawn' or another map"
+        )
 
     def step(self, action):
         """Execute one relative camera pose over frames_per_step tics; see the class docstring."""
@@ -284,27 +408,29 @@ class DoomCameraEnv(gym.Env):
         a, clipped = clip_action(a, self.action_space)
         target = self._pose @ interpolate_action(a * REALISABLE, self.frames_per_step)  # (fps, 4, 4) world
         frames, poses, valid = [], [], 0
-        for i in range(self.frames_per_step):
-            if not self._game.is_episode_finished():
-                self._track(target[i])
-            if self._game.is_episode_finished():
-                # The camera walked over an exit line and the level ended: no more real frames. Pad
-                # with the last one so the observation keeps its shape; `valid_frames` says how many
-                # are real, and the episode truncates.
-                frames.append(frames[-1] if frames else self._last_frame)
-                poses.append(poses[-1] if poses else self._pose)
-                continue
-            f, p = self._capture()
-            frames.append(f)
-            poses.append(p)
-            valid += 1
+        with self._engine("stepping"):
+            for i in range(self.frames_per_step):
+                if not self._game.is_episode_finished():
+                    self._track(target[i])
+                if self._game.is_episode_finished():
+                    # The camera walked over an exit line and the level ended: no more real frames. Pad
+                    # with the last one so the observation keeps its shape; `valid_frames` says how many
+                    # are real, and the episode truncates.
+                    frames.append(frames[-1] if frames else self._last_frame)
+                    poses.append(poses[-1] if poses else self._pose)
+                    continue
+                f, p = self._capture()
+                frames.append(f)
+                poses.append(p)
+                valid += 1
+            finished = self._game.is_episode_finished()
         c2w = np.stack(poses)
         from worldmodel.camera import pose_to_action, relative_pose
 
         realised = pose_to_action(relative_pose(self._pose, c2w[-1]))
         self._pose, self._last_frame = c2w[-1], frames[-1]
         self._steps += 1
-        truncated = self._steps >= self.max_steps or self._game.is_episode_finished()
+        truncated = self._steps >= self.max_steps or finished
         info = self._info(c2w, a, realised, clipped)
         info["valid_frames"] = valid
         return np.stack(frames), 0.0, False, truncated, info
@@ -352,12 +478,20 @@ class DoomCameraEnv(gym.Env):
         return None
 
     def close(self) -> None:
-        """Stop the engine process; the env can be reset again afterwards."""
-        if self._game is not None:
-            self._game.close()
-            self._game = None
-            self._loaded_map = None
+        """Stop the engine process and its guard; the env can be reset again afterwards."""
+        if self._shutdown is not None:
+            self._shutdown()  # runs _stop_engine once
+        self._game, self._guard, self._shutdown = None, None, None
+        self._loaded_map = None
         super().close()
+
+
+def _stop_engine(game: Any, guard: EngineGuard | None) -> None:
+    """Close a ViZDoom game, then its guard (which would otherwise kill the engine when Python exits)."""
+    with contextlib.suppress(Exception):  # an engine that already died cannot be closed twice
+        game.close()
+    if guard is not None:
+        guard.close()
 
 
 def _inside(p: np.ndarray, segs: np.ndarray) -> bool:

@@ -11,8 +11,10 @@ one streaming VAE decode for all N together. The single env is that core with N 
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs.checks import check_index, check_seed
 from envs.rewards import RewardFn, TerminationFn, never_terminate, zero_reward
 from envs.spaces import check_action_bounds, validate_action
 from worldmodel.camera import ACTION_LAYOUT, integrate
+from worldmodel.threads import use_threads
 from worldmodel.world import World
 
 DEFAULT_RENDER_FPS = 35
@@ -56,7 +60,12 @@ def load_world(checkpoint: str | Path | None = None, world: World | None = None,
 
 
 def world_action_space(world: World) -> spaces.Box:
-    """Box(6) float32 of relative camera poses, bounded per component by the world file's action bounds."""
+    """Box(6) float32 of relative camera poses, symmetric about 0: +-max(|low|, |high|) of the world's bounds.
+
+    The world file stores the data's bounds, which are lopsided (the Doom data walks forward far
+    more than back). A symmetric box keeps 0 = "no motion", so RescaleAction's 0 and a zeroed
+    policy output stand still; the extra side is the mirror of motion the model has seen.
+    """
     low = np.asarray(world.meta.action_low, dtype=np.float64)
     high = np.asarray(world.meta.action_high, dtype=np.float64)
     if low.shape != (6,) or high.shape != (6,) or not (low < high).all():
@@ -64,7 +73,8 @@ def world_action_space(world: World) -> spaces.Box:
             f"world file has action bounds low={low.tolist()}, high={high.tolist()}; expected 6 values each "
             f"with low < high for {ACTION_LAYOUT}"
         )
-    return spaces.Box(low=low.astype(np.float32), high=high.astype(np.float32), dtype=np.float32)
+    bound = np.maximum(np.abs(low), np.abs(high)).astype(np.float32)
+    return spaces.Box(low=-bound, high=bound, dtype=np.float32)
 
 
 def world_observation_space(world: World) -> spaces.Box:
@@ -82,6 +92,25 @@ def check_actions(actions: object, space: spaces.Box, layout: str = ACTION_LAYOU
 def world_render_fps(world: World) -> int:
     """Video frame rate of a world: its card's `fps`, else the Doom tic rate."""
     return int(world.meta.card.get("fps", DEFAULT_RENDER_FPS))
+
+
+def env_threads(threads: int | None) -> int:
+    """Set torch's CPU threads for an env (`worldmodel.threads.use_threads`); 1 in a forked worker.
+
+    torch's OpenMP pool does not survive fork: a worker forked from a process that already ran a
+    parallel op (AsyncVectorEnv's default context does exactly that) deadlocks in its first
+    multi-threaded op. One thread never enters the pool, so a forked worker always uses one.
+    """
+    if os.getpid() != _IMPORT_PID:
+        if threads not in (None, 1):
+            warnings.warn(f"threads={threads} ignored in a forked worker (torch's thread pool deadlocks after "
+                          "fork): using 1; pass vector_kwargs={'context': 'spawn'} for more", stacklevel=3)
+        return use_threads(1)
+    return use_threads(threads)
+
+
+_IMPORT_PID = os.getpid()
+"""The process that imported this module; a different pid means we run in a forked child."""
 
 
 class WorldEpisodes:
@@ -119,51 +148,95 @@ class WorldEpisodes:
 
     # ---- reset -----------------------------------------------------------------------
 
-    def start_image(self, rng: np.random.Generator, options: dict[str, Any], row: int | None) -> tuple[np.ndarray, int]:
-        """The start image of one episode and its bundled index (-1 for a user image)."""
-        H, W = self.world.meta.image_hw
-        if options.get("image") is not None:
-            img = np.asarray(options["image"])
-            if row is not None and img.ndim == 4:
-                img = img[row]
-            if img.dtype != np.uint8 or img.shape != (H, W, 3):
-                raise ValueError(
-                    f"options['image'] is {img.dtype}{img.shape}, expected uint8 ({H}, {W}, 3) "
-                    f"(or ({self.num_envs}, {H}, {W}, 3) for a vector env); resize it to the world's image_hw"
-                )
-            return img, -1
-        starts = self.world.start_frames
-        n = 0 if starts is None else len(starts)
-        if n == 0:
+    def parse_options(
+        self, options: object, batched: bool, extra_keys: Sequence[str] = ()
+    ) -> list[tuple[np.ndarray | None, int | None]]:
+        """Validate reset options without touching any state; returns (image or None, start or None) per env.
+
+        A single env (`batched=False`) takes `image` (H, W, 3) and `start` k; a vector env also
+        takes (N, H, W, 3) images and N starts (exactly N). None left to draw means "draw a
+        bundled start with the episode's generator".
+        """
+        n = self.num_envs if batched else 1
+        if options is None:
+            self._require_start_frames()
+            return [(None, None)] * n
+        if not isinstance(options, Mapping):
+            raise ValueError(f"options is {type(options).__name__}, expected a dict or None")
+        known = ("image", "start", *extra_keys)
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; expected keys among {list(known)}")
+        image, start = options.get("image"), options.get("start")
+        if image is not None and start is not None:
+            raise ValueError("pass options['image'] or options['start'], not both")
+        if image is not None:
+            return [(img, -1) for img in self._check_images(image, batched)]
+        if start is not None:
+            return [(None, k) for k in self._check_starts(start, batched)]
+        self._require_start_frames()
+        return [(None, None)] * n
+
+    def _require_start_frames(self) -> None:
+        if self.world.start_frames is None or len(self.world.start_frames) == 0:
             raise ValueError("this world file has no bundled start frames; pass options={'image': uint8 (H, W, 3)}")
-        if options.get("start") is not None:
-            idx = np.asarray(options["start"])
-            index = int(idx[row]) if row is not None and idx.ndim == 1 else int(idx)
-            if not 0 <= index < n:
-                raise ValueError(f"options['start']={index} is out of range: the world has {n} start frames (0..{n - 1})")
+
+    def _check_images(self, image: object, batched: bool) -> list[np.ndarray]:
+        H, W = self.world.meta.image_hw
+        n = self.num_envs
+        want = f"uint8 ({H}, {W}, 3)" + (f" or ({n}, {H}, {W}, 3)" if batched else "")
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            got = f"{image.dtype}{image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"options['image'] is {got}, expected a numpy array {want}")
+        if image.shape == (H, W, 3):
+            return [image] * (n if batched else 1)
+        if batched and image.shape == (n, H, W, 3):
+            return list(image)
+        raise ValueError(f"options['image'] is {image.dtype}{image.shape}, expected {want}; resize it to the world's "
+                         "image_hw" + (" and pass one image or exactly one per env" if batched else ""))
+
+    def _check_starts(self, start: object, batched: bool) -> list[int]:
+        self._require_start_frames()
+        n_starts, n = len(self.world.start_frames), self.num_envs
+        if not batched or not isinstance(start, (list, tuple, np.ndarray)):
+            ks = [check_index(start, "options['start']")] * (n if batched else 1)
         else:
-            index = int(rng.integers(n))
-        return starts[index], index
+            if isinstance(start, np.ndarray) and (start.ndim != 1 or start.dtype.kind not in "iu"):
+                raise ValueError(f"options['start'] is {start.dtype}{start.shape}, expected one int or ints ({n},)")
+            if len(start) != n:
+                raise ValueError(f"options['start'] has {len(start)} entries for {n} envs; "
+                                 "pass one int or exactly one per env")
+            ks = [check_index(k, f"options['start'][{i}]") for i, k in enumerate(start)]
+        for k in ks:
+            if not 0 <= k < n_starts:
+                raise ValueError(f"options['start']={k} is out of range: the world has {n_starts} start frames "
+                                 f"(0..{n_starts - 1})")
+        return ks
 
     def reset(
-        self, idx: Sequence[int], rngs: Sequence[np.random.Generator], options: dict[str, Any] | None,
-        batched_options: bool = False,
+        self, idx: Sequence[int], rngs: Sequence[np.random.Generator],
+        plan: Sequence[tuple[np.ndarray | None, int | None]] | None = None,
     ) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """Start episodes `idx` (all of them on the first call); returns their frames and infos.
+        """Start episodes `idx` (all of them on the first call) as `plan` (from `parse_options`, one entry
+        per env; None: draw every start) says; returns their frames and infos.
 
         Each episode draws its start frame (unless given) and then its noise seed from its own
         generator, in that order, so a seeded episode is the same in the single and vector env.
         """
         idx = list(idx)
-        options = dict(options or {})
-        images, starts, seeds = [], [], []
-        for k, (i, rng) in enumerate(zip(idx, rngs, strict=True)):
-            img, start = self.start_image(rng, options, i if batched_options else None)
-            images.append(img)
-            starts.append(start)
-            seeds.append(int(rng.integers(2**63 - 1)))
         if not self.started and len(idx) != self.num_envs:
             raise RuntimeError("the first reset must start every env")
+        plan = plan if plan is not None else [(None, None)] * self.num_envs
+        images, starts, seeds = [], [], []
+        for i, rng in zip(idx, rngs, strict=True):
+            image, start = plan[i]
+            if image is None:
+                self._require_start_frames()
+                start = int(rng.integers(len(self.world.start_frames))) if start is None else start
+                image = self.world.start_frames[start]
+            images.append(image)
+            starts.append(start)
+            seeds.append(int(rng.integers(2**63 - 1)))
         t0 = time.perf_counter()
         frames = self.streams.reset(np.stack(images), streams=idx, seeds=seeds)  # (n, fps, H, W, 3)
         latency = time.perf_counter() - t0
@@ -222,13 +295,16 @@ class WorldEnv(gym.Env):
     """A camera moving through a learned world: each step, one network evaluation answers a relative pose.
 
     ## Action space
-    `Box(low, high, (6,), float32)`: `[tx, ty, tz, rx, ry, rz]`, the camera pose at the end of the
-    step in the camera at the end of the previous step (OpenCV axes: x right, y down, z forward;
-    translation in scene units, rotation as an axis-angle vector in radians; `ry > 0` turns
-    right, `rx > 0` looks up). The per-component bounds `low`/`high` come from the world file
+    `Box(-bound, bound, (6,), float32)`: `[tx, ty, tz, rx, ry, rz]`, the camera pose at the end of
+    the step in the camera at the end of the previous step (OpenCV axes: x right, y down, z
+    forward; translation in scene units, rotation as an axis-angle vector in radians; `ry > 0`
+    turns right, `rx > 0` looks up). The box is symmetric, so 0 is "no motion" (also after
+    `RescaleAction`): `bound = max(|low|, |high|)` per component of the world file's bounds
     (`world.meta.action_low/high`), which whoever trains the world sets from the actions of the
-    training data (the range the model has seen). Actions of the wrong shape or dtype, with NaN
-    or inf, or outside the bounds raise `ValueError` (nothing is clipped) and leave the env usable.
+    training data. Those are often lopsided (the bundled Doom world walks forward up to 26.8
+    units but back only 0.015); the mirrored side is motion the model has seen only the other
+    way round. Actions of the wrong shape or dtype, with NaN or inf, or outside the box raise
+    `ValueError` (nothing is clipped) and leave the env usable.
 
     ## Observation space
     `Box(0, 255, (frames_per_step, H, W, 3), uint8)`: the decoded video frames of the step. At
@@ -240,7 +316,13 @@ class WorldEnv(gym.Env):
     `options={"start": k}` from the world's bundled start frame k; otherwise a bundled start
     frame is drawn with `self.np_random`. The seed fixes the start choice and the noise of every
     step (a per-episode torch generator seeded from `self.np_random`), so the same seed and
-    actions give the same frames.
+    actions give the same frames. A seed that is not None or an int >= 0, an unknown option key,
+    both `image` and `start`, a `start` that is not an int (no float, str, bool or list) or out
+    of range, or an image that is not uint8 (H, W, 3) raise `ValueError` before anything changes.
+
+    ## Threads
+    `threads` sets torch's CPU threads (None: `worldmodel.threads.use_threads`, 1 on a busy
+    machine, else torch's default; always 1 in a forked worker, where more would deadlock).
 
     ## Rewards and episode end
     `reward_fn(obs, c2w, action) -> float` (default: 0) and `termination_fn(obs, c2w, action)
@@ -266,9 +348,11 @@ class WorldEnv(gym.Env):
         render_mode: str | None = None,
         device: str = "cpu",
         window: int | None = None,
+        threads: int | None = None,
     ) -> None:
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ValueError(f"render_mode={render_mode!r}; World-v0 supports None, 'rgb_array' or 'human'")
+        self.threads = env_threads(threads)
         self.world = load_world(checkpoint, world, device)
         self.core = WorldEpisodes(self.world, 1, max_episode_steps, reward_fn, termination_fn, window)
         self.action_space = self.core.action_space
@@ -279,9 +363,15 @@ class WorldEnv(gym.Env):
         self._clock = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        """Start an episode from `options["image"]`, bundled start `options["start"]`, or a seeded draw."""
+        """Start an episode from `options["image"]`, bundled start `options["start"]`, or a seeded draw.
+
+        Every argument is checked before anything changes: a bad seed or option is a ValueError
+        and leaves the current episode (and the generator) as it was.
+        """
+        seed = check_seed(seed)
+        plan = self.core.parse_options(options, batched=False)
         super().reset(seed=seed)
-        frames, infos = self.core.reset([0], [self.np_random], options)
+        frames, infos = self.core.reset([0], [self.np_random], plan)
         if self.render_mode == "human":
             self._show(frames[0][:1])
         return frames[0].copy(), infos[0]

@@ -17,8 +17,16 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
+from envs.checks import check_seed
 from envs.rewards import RewardFn, TerminationFn
-from envs.world import DEFAULT_RENDER_FPS, WorldEpisodes, check_actions, load_world, world_render_fps
+from envs.world import (
+    DEFAULT_RENDER_FPS,
+    WorldEpisodes,
+    check_actions,
+    env_threads,
+    load_world,
+    world_render_fps,
+)
 from worldmodel.camera import ACTION_LAYOUT
 from worldmodel.world import World
 
@@ -43,7 +51,13 @@ class WorldVectorEnv(gym.vector.VectorEnv):
 
     ## Reset options
     `{"image": uint8 (H, W, 3) or (N, H, W, 3)}`, `{"start": k or [k_0, ..., k_{N-1}]}`,
-    `{"reset_mask": bool (N,)}` (reset only those envs; the others keep their state).
+    `{"reset_mask": bool (N,)}` (reset only those envs; the others keep their state). `seed` is
+    None, an int s (env i gets s + i) or a list of N ints/None. Anything else (short or long
+    batches and lists, a 2-D start, floats, bools, strings, unknown keys) is a ValueError raised
+    before any env or generator changes.
+
+    ## Threads
+    `threads`: torch's CPU threads, as for `WorldEnv`.
 
     ## Info
     Gymnasium's vector layout: each key of the single env's info as an array over envs plus a
@@ -68,6 +82,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         device: str = "cpu",
         window: int | None = None,
+        threads: int | None = None,
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}; the World-v0 vector env supports None or 'rgb_array'")
@@ -75,6 +90,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
             mode = AutoresetMode(autoreset_mode)
         except ValueError as e:
             raise ValueError(f"autoreset_mode={autoreset_mode!r}; expected one of {[m.value for m in AutoresetMode]}") from e
+        self.threads = env_threads(threads)
         self.world = load_world(checkpoint, world, device)
         self.core = WorldEpisodes(self.world, num_envs, max_episode_steps, reward_fn, termination_fn, window)
         self.num_envs = num_envs
@@ -90,9 +106,14 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self._needs_reset = np.zeros(num_envs, dtype=bool)
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
-        """Reset every env (or those in `options["reset_mask"]`); `seed=s` seeds env i with s + i."""
-        options = dict(options or {})
-        mask = options.pop("reset_mask", None)
+        """Reset every env (or those in `options["reset_mask"]`); `seed=s` seeds env i with s + i.
+
+        Everything (seed, mask, image, start) is validated before anything changes: a bad call is
+        a ValueError that leaves every episode and every generator as it was.
+        """
+        seeds = self._check_seeds(seed)
+        plan = self.core.parse_options(options, batched=True, extra_keys=("reset_mask",))
+        mask = None if options is None else options.get("reset_mask")
         if mask is None:
             mask = np.ones(self.num_envs, dtype=bool)
         mask = np.asarray(mask)
@@ -100,19 +121,25 @@ class WorldVectorEnv(gym.vector.VectorEnv):
             raise ValueError(
                 f"options['reset_mask'] is {mask.dtype}{mask.shape}, expected bool ({self.num_envs},) with a True"
             )
-        if seed is None or isinstance(seed, (int, np.integer)):
-            seeds = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs; pass one int or one per env")
+        # The vector env's own np_random follows an int seed (a list seeds only the envs).
+        super().reset(seed=None if isinstance(seed, (list, tuple, np.ndarray)) else seeds[0])
         idx = np.flatnonzero(mask)
         for i in idx:
             if seeds[i] is not None:
                 self._rngs[i] = seeding.np_random(seeds[i])[0]
-        frames, infos = self.core.reset(idx, [self._rngs[i] for i in idx], options, batched_options=True)
+        _, infos = self.core.reset(idx, [self._rngs[i] for i in idx], plan)
         self._needs_reset[idx] = False
         return self.core.frames.copy(), self._gather(infos, idx)
+
+    def _check_seeds(self, seed: object) -> list[int | None]:
+        """One seed (or None) per env from None, an int s (env i gets s + i) or a list of N; else ValueError."""
+        if seed is None or not isinstance(seed, (list, tuple, np.ndarray)):
+            base = check_seed(seed)
+            return [None if base is None else base + i for i in range(self.num_envs)]
+        seeds = list(seed)
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs; pass one int or one per env")
+        return [check_seed(s, f"seed[{i}]") for i, s in enumerate(seeds)]
 
     def step(self, actions):
         """Step every env in one forward; ended envs restart as `autoreset_mode` says."""

@@ -13,8 +13,8 @@ from worldmodel.bench.generation import Rollout, memory_row
 from worldmodel.config import model_config
 from worldmodel.dit import WorldDiT
 
-SECTIONS = ("end_to_end", "memory", "kv_vs_recompute", "sampler", "vae_decoder", "vector_env", "variants",
-            "compute_floor", "targets")
+SECTIONS = ("end_to_end", "memory", "kv_vs_recompute", "sampler", "vae_decoder", "variants", "compute_floor",
+            "targets")
 
 
 def test_quick_cli_writes_json_with_machine_and_positive_rows(tmp_path):
@@ -36,7 +36,7 @@ def test_quick_cli_writes_json_with_machine_and_positive_rows(tmp_path):
     for key in ("decoded_fps", "step_p50_ms", "step_p95_ms", "transformer_p50_ms", "decode_p50_ms"):
         assert e2e[key] > 0, key
     assert e2e["step_p95_ms"] >= e2e["step_p50_ms"]
-    for name in ("kv_vs_recompute", "sampler", "vae_decoder", "vector_env"):
+    for name in ("kv_vs_recompute", "sampler", "vae_decoder"):
         rows = result["sections"][name]
         assert rows, name
         for row in rows:
@@ -46,6 +46,22 @@ def test_quick_cli_writes_json_with_machine_and_positive_rows(tmp_path):
     assert floor["bundled tiny transformer"]["gflops"] > 0 and floor["bundled tiny decode"]["gflops"] > 0
     if result["device"] == "cpu":  # GPU rows must say why they are empty rather than carry made-up numbers
         assert "not measured" in result["sections"]["end_to_end"][1]["note"]
+
+
+def test_env_bench_cli_measures_the_vector_env(tmp_path):
+    """`python -m envs.bench --quick --json` (the env benchmark, moved out of worldmodel.bench so that worldmodel
+    never imports envs) runs make_vec for each N and writes positive rates."""
+    out = tmp_path / "envs.json"
+    proc = subprocess.run([sys.executable, "-m", "envs.bench", "--quick", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = result["sections"]["vector_env"]
+    assert [r["num_envs"] for r in rows] == [1, 2] and "make_vec" in result["settings"]["via"]
+    for row in rows:
+        assert row["env_steps_per_s"] > 0 and row["frames_per_s"] > 0 and row["step_p50_ms"] > 0, row
+    assert "vector_env" not in subprocess.run([sys.executable, "-m", "worldmodel.bench", "--help"], capture_output=True,
+                                              text=True, timeout=120).stdout
 
 
 def small_model(window: int = 3) -> WorldDiT:

@@ -153,3 +153,16 @@ def test_bundle_ships_a_retrained_light_decoder_but_refuses_another_latent_space
     save_vae(tmp_path / "other.safetensors", vae)
     with pytest.raises(ValueError, match="other.safetensors has a different encoder"):
         bundle(args + ["--vae", str(tmp_path / "other.safetensors")])
+
+
+def test_bundle_defaults_to_outputs_not_the_packaged_world(tmp_path, monkeypatch):
+    """With no --out, bundling writes outputs/world.safetensors and its card beside it, never the package's world."""
+    from test_world_env import build_world
+    from train.bundle import main as bundle
+
+    build_world(tmp_path / "world.safetensors")
+    before = BUNDLED.stat().st_mtime_ns
+    monkeypatch.chdir(tmp_path)
+    bundle(["--world", str(tmp_path / "world.safetensors")])
+    assert (tmp_path / "outputs" / "world.safetensors").is_file() and (tmp_path / "outputs" / "world.md").is_file()
+    assert BUNDLED.stat().st_mtime_ns == before

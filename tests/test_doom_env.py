@@ -1,5 +1,13 @@
 """DoomCamera-v0: the Gymnasium contract, realised motion, measured intrinsics, action validation."""
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import cv2
 import gymnasium as gym
 import numpy as np
@@ -11,6 +19,8 @@ from envs.doom import DoomCameraEnv
 from worldmodel.camera import relative_pose
 
 pytest.importorskip("vizdoom")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _yaw_of(rel: np.ndarray) -> float:
@@ -144,3 +154,163 @@ def test_close_then_reset_restarts_engine(env):
     env.close()
     obs, _ = env.reset(seed=0)
     assert obs.shape == env.observation_space.shape
+
+
+# ---- engine process lifecycle, map validation, seeding (issues 19, 20, 21) ------------------------
+
+ENGINE_SCRIPT = """
+import os, sys, time
+from envs.doom import DoomCameraEnv
+from envs.watchdog import child_pids
+mode = sys.argv[1]
+env = DoomCameraEnv(frame_size=(48, 64))
+if mode == "unknown-map":
+    t0 = time.monotonic()
+    try:
+        env.reset(options={"map": "MAP99"})
+        print("NO-ERROR", flush=True)
+    except ValueError as e:
+        print(f"ValueError {time.monotonic() - t0:.3f} engines={sorted(child_pids('vizdoom'))} {e}", flush=True)
+else:  # "killed": start an engine, say its pid, wait to be SIGKILLed
+    env.reset(seed=0)
+    print(f"ENGINE {sorted(child_pids('vizdoom'))[0]}", flush=True)
+    time.sleep(120)
+"""
+
+
+def _engine_script(mode: str) -> subprocess.Popen:
+    """ENGINE_SCRIPT in its own session, so a hung run (engine included) can be killed as one group."""
+    return subprocess.Popen([sys.executable, "-c", ENGINE_SCRIPT, mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, cwd=ROOT)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a running (not zombie) process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_unknown_map_raises_within_5_s_and_leaves_no_engine():
+    """reset(options={'map': 'MAP99'}) used to hang forever in the engine; it must be a ValueError naming the
+    WAD's maps within 5 s, with no engine process left behind (run in a child so a hang cannot block the suite)."""
+    proc = _engine_script("unknown-map")
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # python and its engine
+        proc.communicate()
+        pytest.fail("reset(options={'map': 'MAP99'}) hung for 60 s")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert out.startswith("ValueError"), out + err[-2000:]
+    _, seconds, engines, message = out.split(" ", 3)
+    assert float(seconds) < 5.0 and engines == "engines=[]", out
+    assert "MAP99" in message and "MAP32" in message  # names the maps there are
+
+
+def test_sigkilled_python_leaves_no_engine_process():
+    """ViZDoom's engine is a child process that waits forever for its controller: after a SIGKILL of Python it
+    must still go (the env's guard process kills it)."""
+    proc = _engine_script("killed")
+    engine = None
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("ENGINE"), line + proc.stderr.read()[-2000:]
+        engine = int(line.split()[1])
+        assert _alive(engine)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while _alive(engine) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(engine), f"engine {engine} outlived its SIGKILLed Python process"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if engine is not None and _alive(engine):
+            os.kill(engine, signal.SIGKILL)
+
+
+def test_bad_reset_options_raise_and_keep_the_episode(env):
+    """Unknown maps, option keys, starts and seeds are ValueErrors raised before anything changes."""
+    with pytest.raises(ValueError, match="MAP99"):
+        DoomCameraEnv(map_name="MAP99")
+    env.reset(seed=0)
+    pose = env._pose.copy()  # noqa: SLF001
+    state = env.np_random.bit_generator.state
+    for options, seed, words in [({"map": "MAP99"}, 0, "not in freedoom2"), ({"map": "E1M1"}, 0, "not in freedoom2"),
+                                 ({"mapp": "MAP02"}, 0, "unknown reset option"), ({"start": "middle"}, 0, "start"),
+                                 (None, -1, "seed"), (None, 1.5, "seed"), (None, True, "seed")]:
+        with pytest.raises(ValueError, match=words):
+            env.reset(seed=seed, options=options)
+        assert env.map_name == "MAP01" and env.np_random.bit_generator.state == state
+    np.testing.assert_array_equal(env._pose, pose)  # noqa: SLF001
+    assert env.step(np.zeros(6, np.float32))[0].shape == env.observation_space.shape
+
+
+def test_hung_engine_call_is_killed_after_the_timeout(monkeypatch):
+    """An engine call that never returns (here: a map the validation would have refused) is stopped after
+    engine_timeout_s with a TimeoutError; no engine is left and the next reset starts a fresh one."""
+    import envs.doom
+
+    e = DoomCameraEnv(frame_size=(48, 64), engine_timeout_s=2.0)
+    try:
+        e.reset(seed=0)
+        engine = e._guard.pid  # noqa: SLF001
+        monkeypatch.setattr(envs.doom, "check_map", lambda name, path: name)  # let MAP99 through to the engine
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="did not answer within 2 s"):
+            e.reset(options={"map": "MAP99"})
+        assert time.monotonic() - t0 < 15
+        assert not _alive(engine)
+        monkeypatch.undo()
+        obs, info = e.reset(seed=0)
+        assert info["map"] == "MAP01" and obs.shape == e.observation_space.shape
+        engine = e._guard.pid  # noqa: SLF001
+    finally:
+        e.close()
+    assert not _alive(engine)
+
+
+def test_seed_chooses_the_spawn_view():
+    """With the default spawn start the seed must matter: equal seeds give equal first frames, different seeds
+    different ones (a seeded heading jitter at the map start)."""
+    e = DoomCameraEnv(frame_size=(48, 64))
+    try:
+        a, ia = e.reset(seed=1)
+        b, _ = e.reset(seed=1)
+        c, ic = e.reset(seed=2)
+        np.testing.assert_array_equal(a, b)
+        assert np.abs(a.astype(int) - c).mean() > 1.0, "seeds 1 and 2 gave the same first view"
+        yaw = abs(_yaw_of(relative_pose(ia["c2w"][0], ic["c2w"][0])))
+        assert 0 < yaw <= 2 * DoomCameraEnv().spawn_yaw_jitter_deg
+    finally:
+        e.close()
+
+
+def test_random_start_failure_is_retried_then_raises(monkeypatch):
+    """A failed random start is retried with the env's generator, and a map with no room is a clear error
+    (it used to be ignored: the episode silently began at the spawn point)."""
+    import envs.doom
+
+    e = DoomCameraEnv(frame_size=(48, 64), start="random")
+    try:
+        real, calls = DoomCameraEnv._random_start, []  # noqa: SLF001
+
+        def fail_once(self):
+            calls.append(1)
+            return False if len(calls) == 1 else real(self)
+
+        monkeypatch.setattr(DoomCameraEnv, "_random_start", fail_once)
+        e.reset(seed=0)
+        assert len(calls) == 2, "a failed random start must be retried"
+        monkeypatch.setattr(DoomCameraEnv, "_random_start", real)
+        monkeypatch.setattr(envs.doom, "_inside", lambda p, segs: False)  # no point is ever inside a room
+        with pytest.raises(RuntimeError, match="no open point.*start='spawn'"):
+            e.reset(seed=0)
+    finally:
+        e.close()

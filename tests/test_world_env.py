@@ -292,3 +292,97 @@ def test_1440_frame_rollout_has_flat_memory_and_no_nan(world):
     assert growth < 16 * 2**20, f"resident memory grew by {growth / 2**20:.1f} MiB over 300 steps"
     assert info["step"] == 360 and obs.std() > 1.0, "the stream must still produce varying frames"
     assert np.isfinite(info["c2w"]).all()
+
+
+# ---- issues 19 and 21: reference worlds, vector seeding, action bounds, threads, async make_vec ----------
+
+
+def test_vector_env_equals_independently_built_worlds(world_file):
+    """Reference for the shared core: N World-v0 envs, each over its own World loaded from the file, stepped
+    with the same actions, give the vector env's observations (a core bug shared by both front ends cannot hide)."""
+    N, seed = 3, 5
+    venv = gym.make_vec("worldmodel/World-v0", num_envs=N, checkpoint=world_file)
+    singles = [gym.make("worldmodel/World-v0", checkpoint=world_file).unwrapped for _ in range(N)]
+    assert len({id(env.world) for env in singles} | {id(venv.unwrapped.world)}) == N + 1
+    obs, vinfo = venv.reset(seed=seed)
+    for i, env in enumerate(singles):
+        o, info = env.reset(seed=seed + i)
+        assert_frames_match(obs[i], o, f"reset env {i}")
+        assert vinfo["start"][i] == info["start"]
+    for t, a in enumerate(random_actions(6, N, seed=9)):
+        obs, *_, vinfo = venv.step(a)
+        for i, env in enumerate(singles):
+            o, *_, info = env.step(a[i])
+            assert_frames_match(obs[i], o, f"step {t} env {i}")
+            np.testing.assert_allclose(vinfo["c2w"][i], info["c2w"], atol=1e-12)
+
+
+def test_vector_reset_seeds_its_own_np_random(world):
+    """WorldVectorEnv.reset calls super().reset(seed): the vector env's np_random follows an int seed."""
+    venv = gym.make_vec("worldmodel/World-v0", num_envs=2, world=world)
+    venv.reset(seed=7)
+    assert venv.unwrapped.np_random_seed == 7
+    first = venv.unwrapped.np_random.integers(1 << 30, size=4)
+    venv.reset(seed=7)
+    np.testing.assert_array_equal(venv.unwrapped.np_random.integers(1 << 30, size=4), first)
+
+
+def test_action_space_is_symmetric_so_zero_means_no_motion(world):
+    """Data bounds are lopsided (forward [-0.015, 26.8], yaw [-0.27, 0.32]); the env's box is +-max(|low|, |high|)
+    per component, so RescaleAction's 0 is a camera that stays put, not a walk forward."""
+    import copy
+    import dataclasses
+
+    from gymnasium.wrappers import RescaleAction
+
+    lopsided = copy.copy(world)
+    lopsided.meta = dataclasses.replace(world.meta, action_low=[-1.0, -0.5, -0.015, -0.001, -0.27, -0.001],
+                                        action_high=[1.0, 0.5, 26.8, 0.001, 0.32, 0.001])
+    env = WorldEnv(world=lopsided)
+    np.testing.assert_allclose(env.action_space.high, [1.0, 0.5, 26.8, 0.001, 0.32, 0.001], rtol=1e-6)
+    np.testing.assert_array_equal(env.action_space.low, -env.action_space.high)
+    rescaled = RescaleAction(env, np.full(6, -1.0, np.float32), np.full(6, 1.0, np.float32))
+    rescaled.reset(seed=0)
+    *_, info = rescaled.step(np.zeros(6, np.float32))
+    np.testing.assert_allclose(info["action"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(info["c2w"], np.eye(4), atol=1e-6)
+    venv = gym.make_vec("worldmodel/World-v0", num_envs=2, world=lopsided)
+    np.testing.assert_array_equal(venv.single_action_space.low, env.action_space.low)
+
+
+def test_threads_is_an_env_argument(world, monkeypatch):
+    """threads=n sets torch's CPU threads for World-v0 and its vector env; None asks worldmodel.threads."""
+    import envs.world
+
+    try:
+        assert WorldEnv(world=world, threads=2).threads == 2 and torch.get_num_threads() == 2
+        venv = gym.make_vec("worldmodel/World-v0", num_envs=2, world=world, threads=1)
+        assert venv.unwrapped.threads == 1 and torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="threads"):
+            WorldEnv(world=world, threads=0)
+        asked = []
+        monkeypatch.setattr(envs.world, "use_threads", lambda n: asked.append(n) or 1)
+        WorldEnv(world=world)
+        gym.make_vec("worldmodel/World-v0", num_envs=2, world=world)
+        assert asked == [None, None], "threads=None must defer to worldmodel.threads.use_threads"
+    finally:
+        torch.set_num_threads(1)
+
+
+@pytest.mark.timeout(180)
+def test_async_make_vec_returns_observations(world_file):
+    """make_vec(..., vectorization_mode='async') used to hang: workers forked after the parent had run torch's
+    thread pool deadlocked in their first op. It must reset and step."""
+    torch.set_num_threads(2)  # the parent's pool is live, as in a user's process on an idle machine
+    torch.randn(256, 256) @ torch.randn(256, 256)
+    try:
+        venv = gym.make_vec("worldmodel/World-v0", num_envs=2, vectorization_mode="async", checkpoint=world_file)
+        try:
+            obs, _ = venv.reset(seed=0)
+            assert obs.shape == (2, FPS, *HW, 3)
+            obs, *_ = venv.step(np.zeros((2, 6), np.float32))
+            assert obs.shape == (2, FPS, *HW, 3) and obs.dtype == np.uint8
+        finally:
+            venv.close()
+    finally:
+        torch.set_num_threads(1)

@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
                         "with python -m train.vae phase=light)")
     p.add_argument("--eval", default=None, help="JSON written by python -m train.eval on this world")
     p.add_argument("--card", default=None, help="JSON file with extra card fields (training commands, data size, wall times)")
-    p.add_argument("--out", default=str(BUNDLED), help=f"where to write the shipped world (default {BUNDLED})")
-    p.add_argument("--card-md", default="docs/MODEL_CARD.md", help="Markdown rendering of the card")
+    p.add_argument("--out", default="outputs/world.safetensors",
+                   help=f"where to write the world (default outputs/world.safetensors; the packaged world is {BUNDLED})")
+    p.add_argument("--card-md", default=None, help="Markdown rendering of the card (default: --out with .md)")
     p.add_argument("--fp32", action="store_true", help="keep float32 weights (default: float16 on disk)")
     add_reprojection_argument(p, "Stored in the shipped world; default: keep the world file's.")
     args = p.parse_args(argv)
@@ -141,12 +142,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.fp32:  # weights only: float16 halves the file; loading casts back to float32
         world.dit.half()
         world.vae.half()
+    card_md = Path(args.card_md) if args.card_md else Path(args.out).with_suffix(".md")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     world.save(args.out)
     World.load(args.out)  # fail here, not in a user's hands, if the file does not round-trip
-    Path(args.card_md).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.card_md).write_text(card_markdown(card))
+    card_md.parent.mkdir(parents=True, exist_ok=True)
+    card_md.write_text(card_markdown(card))
     size = Path(args.out).stat().st_size / 2**20
-    print(f"wrote {args.out} ({size:.1f} MiB) and {args.card_md}")
+    print(f"wrote {args.out} ({size:.1f} MiB) and {card_md}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from worldmodel.config import CameraStats, DiTConfig, config_to_dict, dataclass_from_dict
+from worldmodel.config import RETIRED_DIT_KEYS, CameraStats, DiTConfig, config_to_dict, dataclass_from_dict
 
 FORMAT = "worldmodel/1"
 CHECKSUM_KEY = "sha256"
@@ -340,6 +340,9 @@ def dit_config_from_meta(meta: Mapping[str, Any], path: str | Path) -> DiTConfig
     """The transformer config of a world-model file."""
     if "dit_config" not in meta:
         raise CheckpointError(f"checkpoint {path} has no 'dit_config' in its metadata; not a world-model file")
+    raw = meta["dit_config"]
+    if isinstance(raw, Mapping):  # older files store keys that no longer configure the model
+        meta = {**meta, "dit_config": {k: v for k, v in raw.items() if k not in RETIRED_DIT_KEYS}}
     return config_from_meta(meta, "dit_config", DiTConfig, path)
 
 

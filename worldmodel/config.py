@@ -54,8 +54,6 @@ class DiTConfig:
     """Add the per-frame logit head (discriminator)."""
     attention_backend: str = "auto"
     """'auto', 'sdpa', 'flex' or 'flash'."""
-    checkpoint_activations: bool = False
-    """Recompute each block in backward (per-block activation checkpointing)."""
     camera_channels_per_frame: int = 6
     """Plücker channels per video frame: ray origin (3) + unit direction (3)."""
     recycle_warp: bool = False
@@ -148,9 +146,14 @@ def config_to_dict(cfg: DiTConfig) -> dict[str, Any]:
     return d
 
 
+RETIRED_DIT_KEYS = frozenset({"checkpoint_activations"})
+"""Keys older world files store that no longer configure the model: activation checkpointing is
+applied by `worldmodel.parallel.parallelize` (ParallelConfig.activation_checkpointing)."""
+
+
 def config_from_dict(d: dict[str, Any]) -> DiTConfig:
     """Rebuild a config from `config_to_dict` output; unknown keys and wrong types are errors."""
-    return dataclass_from_dict(DiTConfig, d)
+    return dataclass_from_dict(DiTConfig, {k: v for k, v in d.items() if k not in RETIRED_DIT_KEYS})
 
 
 def type_name(tp: Any) -> str:

@@ -358,8 +358,7 @@ class Stage(TrainingLoop):
         an unsharded CPU copy on rank 0 and None on the other ranks."""
         if not self.sharded:
             return model
-        cfg = dataclasses.replace(model.cfg, checkpoint_activations=self.model_cfg.checkpoint_activations)
-        return unsharded_copy(model, lambda: WorldDiT(cfg))
+        return unsharded_copy(model, lambda: WorldDiT(model.cfg))
 
     def randn(self, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
         """Standard normal noise from the stage's (checkpointed) generator."""

@@ -10,7 +10,6 @@ Sections (each a table, and a list of rows in the JSON):
   kv_vs_recompute  KV-cache step vs recomputing sink + window + new frame, per window
   sampler          one-step generator vs the 32-step teacher sampler
   vae_decoder      light vs full streaming VAE decoder
-  vector_env       env steps/s and frames/s for N parallel envs
   memory           peak / steady-state memory over a 1,440-frame rollout, growth first -> last quarter
   variants         eager vs torch.compile; CUDA graph of the step (GPU)
   compute_floor    FLOPs per step (torch's counter) over the measured matmul rate, achieved / floor
@@ -47,7 +46,6 @@ from worldmodel.bench.common import (
 from worldmodel.bench.floor import floor_rows, matmul_rate, step_flops
 from worldmodel.bench.generation import memory_row, rollout, speed_row
 from worldmodel.bench.variants import compile_row, cuda_graph_row, thread_rows
-from worldmodel.bench.vector_env import vector_env_rows
 from worldmodel.threads import choose_threads
 
 BUNDLED_FPS_TARGET = 24.0
@@ -75,7 +73,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="rollout steps for speed and memory (default 360 = 1,440 frames)")
     p.add_argument("--warmup", type=int, help="untimed rollout steps before the speed statistics (default 10)")
     p.add_argument("--windows", type=int, nargs="+", help="windows for KV cache vs recompute (default 4 8 16 30)")
-    p.add_argument("--envs", type=int, nargs="+", help="numbers of parallel envs (default 1 4 16)")
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile of the transformer step (opt-in: compiling takes 1-2 min on 2 cores)")
     p.add_argument("--cpu", action="store_true", help="ignore any GPU (GPU rows then say 'not measured')")
@@ -84,14 +81,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def settings(a: argparse.Namespace) -> dict[str, Any]:
     """Resolved sizes of every section, from the defaults, --quick, and explicit flags."""
-    s = dict(steps=360, warmup=10, windows=[4, 8, 16, 30], envs=[1, 4, 16], repeats=5, env_repeats=5, env_warmup=2,
+    s = dict(steps=360, warmup=10, windows=[4, 8, 16, 30], repeats=5,
              teacher_frames=2, teacher_window=None, vae_repeats=20, matmul_n_cpu=2048, matmul_n_gpu=8192, paper_steps=360,
              thread_steps=10)
     if a.quick:
-        s.update(steps=8, warmup=2, windows=[1, 2], envs=[1, 2], repeats=2, env_repeats=1, env_warmup=1, teacher_frames=1,
+        s.update(steps=8, warmup=2, windows=[1, 2], repeats=2, teacher_frames=1,
                  teacher_window=1, vae_repeats=2, matmul_n_cpu=512, matmul_n_gpu=2048, paper_steps=8,
                  thread_steps=0)
-    for key in ("steps", "warmup", "windows", "envs"):
+    for key in ("steps", "warmup", "windows"):
         if getattr(a, key) is not None:
             s[key] = getattr(a, key)
     if s["steps"] <= s["warmup"]:
@@ -118,7 +115,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     say = lambda msg: print(f"[{time.perf_counter() - start:6.1f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
 
     # 1 + 4: one rollout of the bundled world gives speed and memory.
-    world, weights, ckpt = bundled_world(a.checkpoint)
+    world, weights, _ = bundled_world(a.checkpoint)
     H, W = world.meta.image_hw
     say(f"bundled world ({weights}): {s['steps']}-step rollout")
     r = rollout(world, batch=1, steps=s["steps"])
@@ -158,9 +155,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     say("light vs full VAE decoder")
     sec["vae_decoder"] = vae_decoders([(f"tiny@{BUNDLED_HW[1]}x{BUNDLED_HW[0]}", "tiny", *BUNDLED_HW, s["vae_repeats"])])
 
-    # 3: vector env.
-    say(f"vector env, N = {s['envs']}")
-    sec["vector_env"] = vector_env_rows(world, ckpt, s["envs"], s["env_repeats"], s["env_warmup"])
+    # 3: the vector env is measured next to the envs (`python -m envs.bench`): worldmodel must not import envs.
 
     # 5: variants.
     sec["variants"] = [{**bundled, "name": "eager", "note": "the end-to-end row above"}]
