@@ -1,4 +1,7 @@
-"""Shared test setup: deterministic seeds, CPU threads, GPU-test skipping."""
+"""Shared test setup: deterministic seeds, CPU threads, GPU-test skipping.
+
+Plain helpers that tests call with arguments (the tiny perturbed WorldDiT) live in tests/helpers.py.
+"""
 
 import os
 

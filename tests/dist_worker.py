@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from helpers import tiny_dit
 from train.distributed import destroy, init_distributed
-from worldmodel.config import model_config
 from worldmodel.dit import WorldDiT
 from worldmodel.attention import FrameLayout, block_causal_attention
 from worldmodel.parallel import ParallelConfig, build_mesh, parallelize, reshard
@@ -33,14 +33,7 @@ LR = 1e-3
 
 def make_model(seed: int = 0, **over) -> WorldDiT:
     """Seeded tiny model, moved off the adaLN-Zero init so every parameter gets a gradient."""
-    torch.manual_seed(seed)
-    cfg = model_config("tiny", dim=64, depth=2, heads=4, window=1, attention_backend="sdpa", **over)
-    model = WorldDiT(cfg)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
+    return tiny_dit(0.05, seed=seed, noise_seed=seed + 1, window=1, attention_backend="sdpa", **over)
 
 
 def batch(seed: int = 3, ctx_dim: int = 0):

@@ -1,20 +1,26 @@
 """Checkpoints: exact round trip, and clear errors for missing, corrupt, truncated or mismatched files."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from worldmodel.checkpoint import CheckpointError, load_meta, load_world_model, save_checkpoint, save_world_model
-from worldmodel.config import CameraStats, config_to_dict, model_config
+from helpers import tiny_dit
+from worldmodel.checkpoint import (
+    CheckpointError,
+    load_meta,
+    load_modules,
+    load_world_model,
+    save_checkpoint,
+    save_world_model,
+)
+from worldmodel.config import CameraStats, config_to_dict
 from worldmodel.dit import WorldDiT
 
 
 def model(**over) -> WorldDiT:
-    torch.manual_seed(0)
-    m = WorldDiT(model_config("tiny", dim=64, depth=2, heads=4, **over))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m.eval()
+    """The seeded tiny model every test here saves and loads."""
+    return tiny_dit(0.05, **over).eval()
 
 
 def run(m: WorldDiT) -> torch.Tensor:
@@ -65,6 +71,18 @@ def test_mismatched_weights_are_named(tmp_path):
     save_checkpoint(path, tensors, {"dit_config": config_to_dict(m.cfg)})
     with pytest.raises(CheckpointError, match="missing keys.*final.linear.bias.*shape mismatch.*latent_proj"):
         load_world_model(path)
+
+
+def test_allow_missing_leaves_only_the_named_parts_fresh(tmp_path):
+    """A stage init may lack the parts it names (a discriminator's logit head); any other gap is still refused."""
+    path = tmp_path / "w.safetensors"
+    m = model()
+    save_world_model(path, m, m.cfg)
+    build = lambda: WorldDiT(dataclasses.replace(m.cfg, logit_head=True))  # noqa: E731
+    disc = load_modules(path, {"dit": build}, allow_missing=("logit_head.",))[0]["dit"]
+    assert all(torch.equal(disc.state_dict()[k], v) for k, v in m.state_dict().items())
+    with pytest.raises(CheckpointError, match=r"w.safetensors does not match the model: missing keys \['logit_head"):
+        load_modules(path, {"dit": build})
 
 
 def test_unknown_config_key_is_named(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from worldmodel.config import model_config
+from helpers import tiny_dit
 from worldmodel.cuda_graph import GraphedStep
 from worldmodel.dit import WorldDiT
 
@@ -12,12 +12,8 @@ LATENT, W = (4, 4), 3
 
 
 def model(device: str = "cpu") -> WorldDiT:
-    torch.manual_seed(0)
-    m = WorldDiT(model_config("tiny", dim=64, depth=2, heads=4, window=W)).to(device)
-    with torch.no_grad():
-        for p in m.parameters():  # adaLN-Zero starts as the identity: give every block an effect
-            p.add_(0.02 * torch.randn_like(p))
-    return m.eval()
+    """The seeded tiny model of these tests, on `device`."""
+    return tiny_dit(window=W, device=device).eval()
 
 
 def inputs(steps: int, device: str = "cpu"):

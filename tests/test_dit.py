@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from helpers import tiny_dit
 from train.rollout import student_rollout
 from worldmodel.config import model_config
 from worldmodel.dit import WorldDiT
@@ -14,13 +15,8 @@ B, F, C, H, W = 2, 7, 16, 4, 6
 
 
 def make_model(**over) -> WorldDiT:
-    cfg = model_config("tiny", dim=64, depth=2, heads=4, **over)
-    model = WorldDiT(cfg).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # move off the adaLN-Zero init so every path contributes
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
+    """A tiny model built from the RNG as it stands (the autouse seed), perturbed from a fixed generator."""
+    return tiny_dit(0.05, seed=None, noise_seed=1, **over).eval()
 
 
 def inputs(ctx_dim: int = 0, batch: int = B):

@@ -127,6 +127,8 @@ def test_quick_flag_is_the_ci_setting_and_flags_override_it():
     # Outputs land in a git-ignored folder by default; '' turns the report off; threads follow worldmodel.threads.
     assert full.json.startswith("outputs/") and full.report.startswith("outputs/") and full.threads is None
     assert parse_args(["--report", ""]).report is None and parse_args(["--threads", "2"]).threads == 2
+    # What a person notices runs in full by default, in its CI setting with --quick, and can be turned off.
+    assert (full.response, q.response, parse_args(["--quick", "--response", "off"]).response) == ("full", "quick", "off")
 
 
 @pytest.mark.slow
@@ -156,3 +158,6 @@ def test_quick_eval_end_to_end_on_a_random_world(tmp_path):
               "strip_autoregressive.png", "strip_long_run.png", "rollout.gif"):
         assert (report / f).stat().st_size > 0, f
     assert "psnr_vs_step.png" in (report / "index.html").read_text()
+    # The response section measures the engine (ideal scores) and the world on the same starts.
+    rows = r["response"]["rows"]
+    assert {"engine", "world"} <= set(rows) and abs(rows["engine"]["turn"]["0.06"]["ratio"] - 1.0) < 0.15

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import tiny_dit
+from worldmodel.bench.common import rss_bytes
 from worldmodel.config import CameraStats, model_config
 from worldmodel.dit import WorldDiT
 from worldmodel.generator import StreamingGenerator
@@ -13,12 +15,7 @@ K, IMG = (16.0, 16.0, 15.5, 15.5), (32, 32)
 
 
 def make_generator(batch: int = 2, window: int = 3, seeds=None) -> StreamingGenerator:
-    torch.manual_seed(0)
-    model = WorldDiT(model_config("tiny", dim=64, depth=2, heads=4, window=window))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return StreamingGenerator(model, batch, LATENT, K, IMG, CameraStats(), seeds=seeds)
+    return StreamingGenerator(tiny_dit(window=window), batch, LATENT, K, IMG, CameraStats(), seeds=seeds)
 
 
 def first(batch: int) -> torch.Tensor:
@@ -28,11 +25,6 @@ def first(batch: int) -> torch.Tensor:
 def actions(batch: int, steps: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     return np.concatenate([rng.normal(0, 0.5, (steps, batch, 3)), rng.normal(0, 0.05, (steps, batch, 3))], -1)
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 def test_two_thousand_steps_flat_memory_static_cache_no_nan():

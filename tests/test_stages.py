@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import tiny_dit
 from train.common import NonFiniteLossError, load_training_state
 from train.rollout import SegmentRollout, disc_logits, student_rollout, teacher_forcing_inputs
 from train.shards import ShardInfo, write_manifest, write_shard
@@ -23,12 +24,8 @@ SMALL = dict(dim=64, depth=2, heads=4)
 
 
 def small_model(window: int = 2, logit_head: bool = False) -> WorldDiT:
-    torch.manual_seed(0)
-    m = WorldDiT(model_config("tiny", window=window, logit_head=logit_head, **SMALL))
-    with torch.no_grad():  # leave adaLN-Zero so every path carries signal
-        for p in m.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    return m
+    """The seeded tiny model of these tests (SMALL's size)."""
+    return tiny_dit(window=window, logit_head=logit_head, **SMALL)
 
 
 def clip(B=2, F=7):

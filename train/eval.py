@@ -100,11 +100,15 @@ class EvalConfig:
     or 'key=value,...' of ReprojectionConfig fields; None keeps what the world file says."""
     progress: bool | None = None
     """Progress bars on stderr (tqdm): None = only when stderr is a terminal, True = always, False = never."""
+    response: str = "full"
+    """What a person notices (`train.eval_response`: turn, walk, idle, return-to-view, start frame):
+    'full', 'quick' (the CI setting) or 'off'."""
 
     @classmethod
     def quick(cls, **overrides: Any) -> EvalConfig:
         """The CI setting: 2 trajectories, 16 steps, a 64-step long run."""
-        return cls(**{"trajectories": 2, "horizon": 16, "long_steps": 64, "long_trajectories": 1, **overrides})
+        return cls(**{"trajectories": 2, "horizon": 16, "long_steps": 64, "long_trajectories": 1, "response": "quick",
+                      **overrides})
 
     def memory(self, world: World) -> ReprojectionConfig | None:
         """The reprojection memory the model rollouts use: the override if given, else the world file's."""
@@ -441,6 +445,19 @@ class Stopwatch:
         self._t = now
 
 
+def measure_response(world: World, memory: Memory, cfg: EvalConfig) -> dict[str, Any] | None:
+    """`train.eval_response`'s report (the engine, the world, the network alone), or None when off."""
+    if cfg.response not in ("full", "quick", "off"):
+        raise ValueError(f"EvalConfig.response must be 'full', 'quick' or 'off', got {cfg.response!r}")
+    if cfg.response == "off":
+        return None
+    from train.eval_response import ResponseConfig, response_report  # it imports this module
+
+    setting = ResponseConfig.quick if cfg.response == "quick" else ResponseConfig
+    return response_report(world, cfg=setting(seed=cfg.seed, test_world=cfg.test_world), memory=memory,
+                           show=cfg.progress)
+
+
 def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run every measurement; returns (results for JSON, arrays for the report)."""
     t_start = time.perf_counter()
@@ -470,6 +487,8 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     long, long_psnr, lg, lf = measure_long_run(world, long_trajs, memory, cfg)
     clock.lap("long_run_s")
     ref_rows = {name: reference_row(v, held, K, cfg) for name, v in refs.items()}
+    response = measure_response(world, memory, cfg)
+    clock.lap("response_s")
 
     timing = clock.timing
     timing["total_s"] = time.perf_counter() - t_start
@@ -500,6 +519,7 @@ def evaluate(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             "psnr_per_step": long_psnr.mean(0),
             "trajectories": [{k: v for k, v in e.items() if not k.startswith("stats_")} for e in long],
         },
+        "response": response,
         "timing": timing,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch_threads": torch.get_num_threads(), "device": cfg.device},
@@ -526,6 +546,9 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     p.add_argument("--test-world", action="store_true", help="evaluate on freedoom1 (held-out test world)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: only when stderr is a terminal)")
+    p.add_argument("--response", choices=("full", "quick", "off"),
+                   help="what a person notices: turn, walk, idle, return-to-view, start frame (default: full; "
+                        "quick with --quick)")
     add_reprojection_argument(p, "Overrides the world's for the model rollouts; default: as the world file says.")
     a = p.parse_args(argv)
     given = {k: v for k, v in vars(a).items() if k not in ("quick", "report") and v is not None}
@@ -553,6 +576,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         write_report(results, arrays, cfg.report)
     print(headline(results))
+    if results.get("response"):
+        from train.eval_response import headline as response_headline
+
+        print(response_headline(results["response"]))
     return results
 
 

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from train.collect import VAL_MAPS, clip_seed
-from train.eval import jsonable, progress
+from train.eval import TEST_MAPS, jsonable, progress
 from worldmodel.metrics import CollapseConfig, detect_collapse, frame_stats, image_shift, psnr
 from worldmodel.reproject import ReprojectionConfig
 from worldmodel.threads import use_threads
@@ -51,6 +51,7 @@ Memory = ReprojectionConfig | None | Literal["world"]
 """A world's reprojection memory: a config, None (the network alone) or "world" (the world file's)."""
 
 VAL_WAD = "freedoom2"
+TEST_WAD = "freedoom1"
 FROZEN_SHARE_OF_EXPECTED = 0.25
 """A turning step is frozen when its measured shift is under this share of the expected shift."""
 
@@ -96,6 +97,8 @@ class ResponseConfig:
     """Steps out (and as many back) of the return-to-view loop."""
     seed: int = 0
     """Base seed of the starts and of the model's noise."""
+    test_world: bool = False
+    """Start on freedoom1 (the held-out test world) instead of the freedoom2 validation maps."""
 
     @classmethod
     def quick(cls, **overrides: Any) -> ResponseConfig:
@@ -208,7 +211,13 @@ def step_ends(frames: np.ndarray, steps: int) -> np.ndarray:
 def validation_starts(engine: EngineSource, n: int, seed: int = 0, offset: int = 0) -> list[Start]:
     """n held-out starts: random placements on the validation maps (start i on map i % 8), seeded as
     `train.collect` seeds validation clips."""
-    return [engine.start(VAL_MAPS[i % len(VAL_MAPS)], clip_seed(seed, "val", i)) for i in range(offset, offset + n)]
+    maps = engine_maps(engine)
+    return [engine.start(maps[i % len(maps)], clip_seed(seed, "val", i)) for i in range(offset, offset + n)]
+
+
+def engine_maps(engine: EngineSource) -> list[str]:
+    """The held-out maps of the engine's WAD: the validation maps, or the test world's with freedoom1."""
+    return TEST_MAPS if engine.wad == TEST_WAD else VAL_MAPS
 
 
 def walk_actions(n: int, speed: float, steps: int) -> np.ndarray:
@@ -226,7 +235,8 @@ def walk_starts(engine: EngineSource, n: int, speed: float, steps: int, seed: in
     i % 8; its candidate seeds are drawn in a fixed order."""
     out = []
     for i in range(n):
-        m = VAL_MAPS[i % len(VAL_MAPS)]
+        maps = engine_maps(engine)
+        m = maps[i % len(maps)]
         for t in range(tries):
             s = engine.start(m, clip_seed(seed, "val", 100_000 + 1000 * t + i))
             frames, realised, complete = engine.rollout_one(s, walk_actions(1, speed, steps)[0])
@@ -497,20 +507,23 @@ def measure_all(source: World | FrameSource, engine: EngineSource, starts: Seque
 
 def response_report(world: World | None = None, quick: bool = False, cfg: ResponseConfig | None = None,
                     engine: EngineSource | None = None, network_alone: bool = True,
-                    show: bool | None = False) -> dict[str, Any]:
-    """All measurements for the engine itself (the ideal scores), the world with its memory, and (if it
-    has one) the network alone -> a JSON-ready dict. `world=None` loads the bundled world."""
+                    show: bool | None = False, memory: ReprojectionConfig | None | str = "world") -> dict[str, Any]:
+    """All measurements for the engine itself (the ideal scores), the world with `memory` (default: the
+    world file's setting), and (if that has a memory) the network alone -> a JSON-ready dict.
+    `world=None` loads the bundled world."""
     t0 = time.perf_counter()
     world = World.load() if world is None else world
     cfg = cfg or (ResponseConfig.quick() if quick else ResponseConfig())
     own = engine is None
-    engine = engine or EngineSource(world.meta.image_hw, world.frames_per_step)
+    engine = engine or EngineSource(world.meta.image_hw, world.frames_per_step,
+                                    TEST_WAD if cfg.test_world else VAL_WAD)
+    memory = world.meta.reprojection if memory == "world" else memory
     try:
         starts = validation_starts(engine, cfg.starts, cfg.seed)
         walkers = walk_starts(engine, cfg.starts, cfg.walk_speed, cfg.walk_steps, cfg.seed)
         rows = {"engine": measure_all(engine, engine, starts, walkers, cfg, show=show)}
-        rows["world"] = measure_all(world, engine, starts, walkers, cfg, "world", show)
-        if network_alone and world.meta.reprojection is not None:
+        rows["world"] = measure_all(world, engine, starts, walkers, cfg, memory, show)
+        if network_alone and memory is not None:
             rows["network_alone"] = measure_all(world, engine, starts, walkers, cfg, None, show)
         k_mismatch = float(np.max(np.abs(engine.intrinsics - np.asarray(world.meta.intrinsics)) / engine.intrinsics))
     finally:
@@ -519,7 +532,7 @@ def response_report(world: World | None = None, quick: bool = False, cfg: Respon
     return jsonable({
         "config": asdict(cfg), "quick": quick,
         "world": {"image_hw": list(world.meta.image_hw), "intrinsics": list(world.meta.intrinsics),
-                  "reprojection": None if world.meta.reprojection is None else asdict(world.meta.reprojection),
+                  "reprojection": None if memory is None else asdict(memory),
                   "intrinsics_mismatch_vs_engine": k_mismatch},
         "starts": [s.describe() for s in starts], "walk_starts": [s.describe() for s in walkers],
         "rows": rows, "total_s": time.perf_counter() - t0,

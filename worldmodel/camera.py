@@ -23,6 +23,8 @@ from scipy.spatial.transform import Rotation, Slerp
 from worldmodel.config import CameraStats
 
 ACTION_LAYOUT = "[tx, ty, tz, rx, ry, rz]"
+ACTION_NAMES = ("tx", "ty", "tz", "rx", "ry", "rz")
+"""Names of the six action components, in order."""
 
 
 def as_pose(T: np.ndarray) -> np.ndarray:
@@ -55,10 +57,17 @@ def relative_pose(c2w_prev: np.ndarray, c2w_next: np.ndarray) -> np.ndarray:
     return invert(c2w_prev) @ as_pose(c2w_next)
 
 
-def check_action(action: object, shape: tuple[int, ...] | None = None, layout: str = ACTION_LAYOUT) -> np.ndarray:
-    """Validate actions: shape (..., 6), or exactly `shape` when given; real numbers; no NaN or inf.
+def check_action(
+    action: object,
+    shape: tuple[int, ...] | None = None,
+    layout: str = ACTION_LAYOUT,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Validate actions: shape (..., 6), or exactly `shape` when given; real numbers; no NaN or inf;
+    inside `bounds` = (low, high) (arrays broadcasting to the action, e.g. a Box's) when given.
 
-    Returns float64. Every error names the problem, the offending indices and the layout.
+    Returns a float64 copy. Every error names the problem, the offending indices or component and
+    the layout; nothing is changed, so a caller that checks first stays usable after a bad action.
     """
     want = f"{shape}" if shape is not None else "(..., 6)"
     try:
@@ -74,7 +83,26 @@ def check_action(action: object, shape: tuple[int, ...] | None = None, layout: s
         raise ValueError(f"action contains NaN at {np.argwhere(np.isnan(a)).tolist()}: {a.tolist()} ({layout})")
     if not np.isfinite(a).all():
         raise ValueError(f"action contains inf at {np.argwhere(~np.isfinite(a)).tolist()}: {a.tolist()} ({layout})")
+    if bounds is not None:
+        _check_bounds(a, np.asarray(bounds[0], np.float64), np.asarray(bounds[1], np.float64), layout)
     return a
+
+
+def _check_bounds(a: np.ndarray, low: np.ndarray, high: np.ndarray, layout: str) -> None:
+    # Bounds are usually float32 (a Box's); a float64 action equal to the float64 bound it was
+    # made from must pass, so the comparison allows one float32 rounding step.
+    tol = 1e-6 * np.maximum(1.0, np.maximum(np.abs(low), np.abs(high)))
+    bad = (a < low - tol) | (a > high + tol)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        low, high = np.broadcast_to(low, a.shape), np.broadcast_to(high, a.shape)
+        where = f" of env {idx[0]}" if len(idx) > 1 else ""
+        name = ACTION_NAMES[idx[-1]] if a.shape[-1] == len(ACTION_NAMES) else f"component {idx[-1]}"
+        raise ValueError(
+            f"action {name}{where} = {a[idx]:.6g} is outside its bounds "
+            f"[{low[idx]:.6g}, {high[idx]:.6g}]; expected {layout} within low={low.reshape(-1, low.shape[-1])[0].tolist()}, "
+            f"high={high.reshape(-1, high.shape[-1])[0].tolist()} (the env's action_space)"
+        )
 
 
 def action_to_pose(action: np.ndarray) -> np.ndarray:

@@ -255,10 +255,13 @@ def _read(path: str | Path, device: str | torch.device, tensors: bool) -> tuple[
 # ----------------------------------------------------------------------------- the strict loader
 
 
-def check_state_shapes(own: Mapping[str, Any], found: Mapping[str, tuple[int, ...]], source: str | Path) -> None:
+def check_state_shapes(
+    own: Mapping[str, Any], found: Mapping[str, tuple[int, ...]], source: str | Path, allow_missing: tuple[str, ...] = ()
+) -> None:
     """Raise CheckpointError naming missing/unexpected keys and shape mismatches between a model
-    state (`own`: name -> tensor) and what a file holds (`found`: name -> shape)."""
-    missing = sorted(set(own) - set(found))
+    state (`own`: name -> tensor) and what a file holds (`found`: name -> shape); keys under an
+    `allow_missing` prefix may be absent from the file."""
+    missing = sorted(k for k in set(own) - set(found) if not k.startswith(allow_missing))
     unexpected = sorted(set(found) - set(own))
     shapes = [f"{k}: file {tuple(found[k])} vs model {tuple(own[k].shape)}"
               for k in own if k in found and tuple(found[k]) != tuple(own[k].shape)]
@@ -273,10 +276,13 @@ def check_state_shapes(own: Mapping[str, Any], found: Mapping[str, tuple[int, ..
         raise CheckpointError(f"checkpoint {source} does not match the model: " + "; ".join(parts))
 
 
-def load_state_strict(module: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
-    """Load a state dict, naming missing/unexpected keys and shape mismatches in the error."""
-    check_state_shapes(module.state_dict(), {k: tuple(v.shape) for k, v in tensors.items()}, source)
-    module.load_state_dict(tensors, strict=True)
+def load_state_strict(
+    module: nn.Module, tensors: dict[str, torch.Tensor], source: str | Path, allow_missing: tuple[str, ...] = ()
+) -> None:
+    """Load a state dict, naming missing/unexpected keys and shape mismatches in the error; keys
+    under an `allow_missing` prefix that the state lacks keep the module's own values."""
+    check_state_shapes(module.state_dict(), {k: tuple(v.shape) for k, v in tensors.items()}, source, allow_missing)
+    module.load_state_dict(tensors, strict=not allow_missing)
 
 
 def check_finite(tensors: Mapping[str, torch.Tensor], source: str | Path) -> None:
@@ -290,35 +296,42 @@ def check_finite(tensors: Mapping[str, torch.Tensor], source: str | Path) -> Non
 
 
 def subset(tensors: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """Entries under `prefix.`, with the prefix removed."""
+    """Entries under `prefix.`, with the prefix removed; all entries for the empty prefix."""
+    if not prefix:
+        return dict(tensors)
     p = prefix + "."
     return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
 
 
 def load_modules(
-    path: str | Path, builders: Mapping[str, Callable[[], nn.Module]], device: str | torch.device = "cpu"
+    path: str | Path,
+    builders: Mapping[str, Callable[[], nn.Module]],
+    device: str | torch.device = "cpu",
+    allow_missing: tuple[str, ...] = (),
 ) -> tuple[dict[str, nn.Module], dict[str, torch.Tensor]]:
-    """Build each module and load its weights (the tensors under `<prefix>.`) from one file.
+    """Build each module and load its weights (the tensors under `<prefix>.`; all of them for `""`) from one file.
 
-    Every builder first runs on the meta device and its state's names and shapes are compared
-    with the file's header, so a file whose metadata declares a huge model is rejected before
-    anything is allocated; then the tensors are read (digests verified), checked finite, and
-    the modules built for real on `device`. Returns (modules by prefix, all tensors on `device`).
+    The one strict loader of single-file checkpoints. Every builder first runs on the meta
+    device and its state's names and shapes are compared with the file's header, so a file
+    whose metadata declares a huge model is rejected before anything is allocated; then the
+    tensors are read (digests verified), checked finite, and the modules built for real on
+    `device`. Parameters under an `allow_missing` prefix may be absent from the file and keep
+    their fresh initialisation. Returns (modules by prefix, all tensors on `device`).
     """
     path = Path(path)
     index = read_tensor_index(path)
     for prefix, build in builders.items():
         with torch.device("meta"):
             skeleton = build()
-        check_state_shapes(skeleton.state_dict(), subset(index, prefix), path)
+        check_state_shapes(skeleton.state_dict(), subset(index, prefix), path, allow_missing)
         del skeleton
     tensors, _ = load_checkpoint(path, device)
     modules = {}
     for prefix, build in builders.items():
         state = subset(tensors, prefix)
-        check_finite({f"{prefix}.{k}": v for k, v in state.items()}, path)
+        check_finite({f"{prefix}.{k}" if prefix else k: v for k, v in state.items()}, path)
         module = build().to(device)
-        load_state_strict(module, state, path)
+        load_state_strict(module, state, path, allow_missing)
         modules[prefix] = module
     return modules, tensors
 
@@ -326,10 +339,12 @@ def load_modules(
 # ----------------------------------------------------------------------------- world-model files
 
 
-def config_from_meta(meta: Mapping[str, Any], key: str, cls: type, path: str | Path) -> Any:
+def config_from_meta(
+    meta: Mapping[str, Any], key: str, cls: type, path: str | Path, kind: str = "file of that kind"
+) -> Any:
     """Config dataclass `cls` from `meta[key]`, as CheckpointError naming the file, key and field."""
     if key not in meta:
-        raise CheckpointError(f"checkpoint {path} has no '{key}' in its metadata; not a file of that kind")
+        raise CheckpointError(f"checkpoint {path} has no '{key}' in its metadata; not a {kind}")
     try:
         return dataclass_from_dict(cls, meta[key], key)
     except (KeyError, TypeError, ValueError) as e:
@@ -338,12 +353,10 @@ def config_from_meta(meta: Mapping[str, Any], key: str, cls: type, path: str | P
 
 def dit_config_from_meta(meta: Mapping[str, Any], path: str | Path) -> DiTConfig:
     """The transformer config of a world-model file."""
-    if "dit_config" not in meta:
-        raise CheckpointError(f"checkpoint {path} has no 'dit_config' in its metadata; not a world-model file")
-    raw = meta["dit_config"]
+    raw = meta.get("dit_config")
     if isinstance(raw, Mapping):  # older files store keys that no longer configure the model
         meta = {**meta, "dit_config": {k: v for k, v in raw.items() if k not in RETIRED_DIT_KEYS}}
-    return config_from_meta(meta, "dit_config", DiTConfig, path)
+    return config_from_meta(meta, "dit_config", DiTConfig, path, kind="world-model file")
 
 
 def camera_stats_from_meta(meta: Mapping[str, Any], path: str | Path) -> CameraStats | None:

@@ -526,15 +526,7 @@ def save_vae(path: str | Path, vae: CausalVAE, extra_meta: dict[str, Any] | None
 
 def load_vae(path: str | Path, device: str | torch.device = "cpu") -> CausalVAE:
     """Rebuild a VAE from a `save_vae` file; raises CheckpointError naming the file if it is not one."""
-    from worldmodel.checkpoint import CheckpointError, load_checkpoint, load_state_strict
+    from worldmodel.checkpoint import config_from_meta, load_meta, load_modules
 
-    tensors, meta = load_checkpoint(path, device)
-    if "vae_config" not in meta:
-        raise CheckpointError(f"checkpoint {path} has no 'vae_config' in its metadata; not a VAE file")
-    try:
-        cfg = VAEConfig(**meta["vae_config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} has an invalid vae_config: {e}") from e
-    vae = CausalVAE(cfg).to(device)
-    load_state_strict(vae, tensors, path)
-    return vae.eval()
+    cfg = config_from_meta(load_meta(path), "vae_config", VAEConfig, path, kind="VAE file")
+    return load_modules(path, {"": lambda: CausalVAE(cfg)}, device)[0][""].eval()

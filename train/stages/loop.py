@@ -52,7 +52,7 @@ from train.latents import load_frozen_vae
 from train.rollout import sample_rollout
 from train.stages.config import LoopConf, TrainConfig
 from train.stages.data import ClipStream
-from worldmodel.checkpoint import CheckpointError, load_checkpoint, load_meta, save_world_model, subset
+from worldmodel.checkpoint import CheckpointError, load_meta, load_modules, save_world_model
 from worldmodel.config import CameraStats, DiTConfig, model_config
 from worldmodel.dit import WorldDiT
 from worldmodel.flow import consistency_grid
@@ -61,22 +61,6 @@ from worldmodel.threads import use_threads
 from worldmodel.world import video_to_uint8
 
 log = logging.getLogger(__name__)
-
-
-def load_dit_weights(model: WorldDiT, path: str | Path, allow_missing: tuple[str, ...] = ()) -> None:
-    """Load `dit.*` weights of a stage checkpoint; keys under `allow_missing` prefixes may stay fresh."""
-    tensors, _ = load_checkpoint(path, next(model.parameters()).device)
-    state = subset(tensors, "dit")
-    own = model.state_dict()
-    missing = sorted(k for k in set(own) - set(state) if not k.startswith(allow_missing))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"{path} does not fit this model: missing {missing[:6]}, unexpected {unexpected[:6]}, shape mismatch "
-            f"{shapes[:6]}; was it trained with the same model= config?"
-        )
-    model.load_state_dict(state, strict=False)
 
 
 class TrainingLoop:
@@ -345,9 +329,10 @@ class Stage(TrainingLoop):
         in one process too.
         """
         cfg: DiTConfig = dataclasses.replace(self.model_cfg, logit_head=logit_head)
-        model = WorldDiT(cfg).to(self.device)
-        if init:
-            load_dit_weights(model, init, allow_missing)
+        if init:  # parameters under `allow_missing` may be absent from the file and stay fresh
+            model = load_modules(init, {"dit": lambda: WorldDiT(cfg)}, self.device, allow_missing)[0]["dit"]
+        else:
+            model = WorldDiT(cfg).to(self.device)
         pc = self.cfg.parallel
         if self.sharded or pc.activation_checkpointing or pc.compile:
             parallelize(model, pc.for_model(zero), self.mesh)

@@ -116,14 +116,16 @@ def device_memory_bytes(device: torch.device) -> int:
     return rss_bytes()
 
 
-def perturb_(module: torch.nn.Module, scale: float = 0.02, seed: int = 0) -> None:
-    """Add small noise to every weight: adaLN-Zero leaves random-init blocks gated shut, and a
-    benchmark should push realistic (non-zero) activations through every layer."""
+def perturb_(module: torch.nn.Module, scale: float = 0.02, seed: int | None = 0) -> None:
+    """Add scale * N(0, 1) to every weight, drawn from a generator seeded `seed` on the weights' device
+    (None: the global RNG): adaLN-Zero leaves random-init blocks gated shut, and a benchmark or a test
+    should push realistic (non-zero) activations through every layer."""
     device = next(module.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed)
+    g = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, device=device, dtype=p.dtype))
+            noise = torch.randn_like(p) if g is None else torch.randn(p.shape, generator=g, device=device, dtype=p.dtype)
+            p.add_(scale * noise)
 
 
 def pinhole_intrinsics(hw: tuple[int, int], hfov_deg: float = 90.0) -> list[float]:
