@@ -57,8 +57,8 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "torchrun --nnodes=32 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=$MASTER:29400 --rdzv_id=run1 "
     "-m train stage=adversarial model=small data=doom parallel.fsdp=true": (FSDP,),
     "python -m worldmodel.parallel.plan --model paper-8b --gpus 256 --cp 8": (RUN,),
-    "python -m train.eval --json eval.json --report eval_report/ --quick":
-        ("tests/test_eval.py::test_quick_eval_end_to_end_on_a_random_world",),
+    "python -m train.eval --quick": ("tests/test_eval.py::test_quick_eval_end_to_end_on_a_random_world",),
+    "python -m train.eval_response --quick": ("tests/test_eval_response.py::test_quick_report_on_the_bundled_world",),
 }
 """README command -> how it is checked (see the module docstring)."""
 
