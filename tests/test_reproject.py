@@ -94,6 +94,36 @@ def test_a_step_without_a_turn_is_the_networks_and_becomes_the_anchor():
     assert torch.allclose(back, generated, atol=1e-5), "and it turns the walked-to picture, not the old one"
 
 
+def test_a_camera_that_does_not_move_shows_its_last_picture_again():
+    """Idle must not drift: a step with no motion shows exactly the last picture (also after a turn, whose
+    border the network painted), keeps the anchor, and the next real motion carries on from there;
+    still_tolerance=0 hands idle steps back to the network."""
+    mem, anchor = memory(), latents()
+    mem.reset(anchor)
+    turned = mem.blend(latents(seed=1), pose(yaw=0.3))
+    for seed in range(5):
+        assert torch.equal(mem.blend(latents(seed=10 + seed), pose()), turned)
+    assert torch.equal(mem.anchor, anchor), "standing still does not re-anchor"
+    back = mem.blend(latents(seed=2), pose(yaw=-0.3))
+    assert torch.allclose(back, anchor, atol=1e-5), "turning back after standing still returns the start"
+    walked = mem.blend(latents(seed=3), pose(tz=1e-3))
+    assert torch.equal(walked, latents(seed=3)), "the smallest walk is the network's again"
+    off = memory(still_tolerance=0.0)
+    off.reset(anchor)
+    off.blend(latents(seed=4), pose())
+    assert torch.equal(off.blend(latents(seed=5), pose()), latents(seed=5))
+
+
+def test_standing_still_from_the_start_holds_the_networks_first_step_not_the_first_image():
+    """The first image's latent encodes one frame, a step's encodes frames_per_step: the first still step
+    is the network's, and that picture is held from then on."""
+    mem = memory()
+    mem.reset(latents())
+    first = mem.blend(latents(seed=1), pose())
+    assert torch.equal(first, latents(seed=1))
+    assert torch.equal(mem.blend(latents(seed=2), pose()), first)
+
+
 def test_bicubic_resampling_keeps_more_detail_than_bilinear():
     """Half a latent cell of turn: bilinear averages neighbours and flattens a stripe pattern (two cells
     up, two down), which over a long run washed the memory's pictures out; bicubic keeps more of it."""

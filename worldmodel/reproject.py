@@ -63,11 +63,18 @@ class ReprojectionMemory:
         self.intrinsics, self.image_hw, self.latent_hw = list(intrinsics), tuple(image_hw), tuple(latent_hw)
         self.anchor = torch.zeros(batch, channels, *latent_hw, device=device, dtype=dtype)
         self.pose = np.stack([np.eye(4)] * batch)  # camera now, in the anchor's camera
+        self.last = torch.zeros_like(self.anchor)  # what each stream showed last
+        self.shown = np.zeros(batch, bool)  # whether `last` is a step's picture (not the first image's latent)
         self._ones = torch.ones(batch, 1, 1, *latent_hw, device=device, dtype=dtype)
 
     def reset(self, latents: torch.Tensor, streams: Sequence[int] | None = None) -> None:
         """Anchor streams (default: all) on their first latents (len(streams) or B, C, h, w)."""
         idx = stream_indices(streams, self.batch)
+        self.anchor_on(latents, idx)
+        self.shown[idx] = False
+
+    def anchor_on(self, latents: torch.Tensor, idx: Sequence[int] | slice) -> None:
+        """Make `latents` the anchor of streams `idx`, with no motion since."""
         self.anchor[idx] = latents.to(self.anchor.device, self.anchor.dtype)
         self.pose[idx] = np.eye(4)
 
@@ -97,6 +104,17 @@ class ReprojectionMemory:
         if walk.any():
             z[walk] = generated[walk].to(z.dtype)
             refresh |= walk
+        # A camera that does not move sees what it saw: the last picture, unchanged (no drift when idle).
+        # Not the first image's latent, though: it encodes one frame where a step's latent encodes
+        # frames_per_step, so the first still step is the network's and is held from then on.
+        tol = self.cfg.still_tolerance
+        still = (rotation_angle(steps[:, :3, :3]) < tol) & (np.linalg.norm(steps[:, :3, 3], axis=-1) < tol)
+        still &= self.shown
+        if still.any():
+            z[still] = self.last[still]
+            refresh &= ~still
         if refresh.any():
-            self.reset(z[refresh], np.flatnonzero(refresh).tolist())
+            self.anchor_on(z[refresh], np.flatnonzero(refresh).tolist())
+        self.last.copy_(z)
+        self.shown[:] = True
         return z

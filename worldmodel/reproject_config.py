@@ -32,6 +32,10 @@ class ReprojectionConfig:
     min_turn: float = 0.03
     """Steps turning by less than this many radians show the network's latent as it is, and it becomes
     the anchor (0: the memory holds the picture on every step, so walking straight shows a still one)."""
+    still_tolerance: float = 1e-6
+    """Steps that turn by less than this many radians and move by less than this many scene units show the
+    previous picture again, as the engine does when the camera stands still (0: the network draws them,
+    and an idle picture drifts away within seconds)."""
     warp_mode: str = "bicubic"
     """How the anchor is resampled ('bilinear' or 'bicubic'; bilinear blurs a latent cell by up to half)."""
 
@@ -44,6 +48,8 @@ class ReprojectionConfig:
             raise ValueError(f"reprojection travel_scale must be > 0, got {self.travel_scale}")
         if not 0.0 <= self.keep <= 1.0:
             raise ValueError(f"reprojection keep must be in [0, 1], got {self.keep}")
+        if not self.still_tolerance >= 0.0:
+            raise ValueError(f"reprojection still_tolerance must be >= 0, got {self.still_tolerance}")
         if not self.min_turn >= 0.0:
             raise ValueError(f"reprojection min_turn must be >= 0 (radians), got {self.min_turn}")
         if self.warp_mode not in ("bilinear", "bicubic"):
