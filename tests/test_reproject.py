@@ -180,6 +180,25 @@ def test_generator_with_memory_keeps_a_still_picture_and_refuses_bare_camera_map
         gen.step_camera(gen.camera_maps(still))
 
 
+def test_a_held_stream_shows_its_last_frame_and_its_decoder_skips_the_step():
+    """Standing still in a world: the frames repeat the last one exactly (re-decoding a held latent
+    drifts), the held stream's decoder cache is left as it was, and a moving stream beside it is drawn."""
+    world = World(small_model(), CausalVAE(vae_config("tiny")), WorldMeta((32, 32), K, reprojection=ReprojectionConfig()))
+    streams = world.streams(2, seeds=[0, 1])
+    streams.reset(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    turn = np.array([[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0.1, 0]], np.float32)
+    first = streams.step(turn)  # stream 0's first still step is the network's own
+    cache = streams.decoder.snapshot()
+    for _ in range(3):
+        frames = streams.step(turn)
+        assert streams.gen.held.tolist() == [True, False]
+        assert (frames[0] == first[0, -1]).all(), "the held stream repeats its last frame"
+        assert not (frames[1] == first[1]).all(), "the turning stream is drawn"
+    for before, now in zip(cache.buffers, streams.decoder.snapshot().buffers):
+        assert torch.equal(before[0], now[0]), "the held stream's decoder skipped the steps"
+        assert not torch.equal(before[1], now[1])
+
+
 def test_world_file_keeps_the_setting_and_names_a_bad_one(tmp_path):
     world = World(small_model(), CausalVAE(vae_config("tiny")), WorldMeta((32, 32), K))
     world.meta.reprojection = ReprojectionConfig(keep=0.5, travel_scale=48.0)

@@ -202,6 +202,13 @@ class StreamingGenerator:
         return self._check_finite(z, camera)
 
     @property
+    def held(self) -> np.ndarray:
+        """(B,) bool: streams whose last step stood still and showed their previous latent again (memory only)."""
+        if self.memory is None:
+            return np.zeros(self.recycled.shape[0], bool)
+        return self.memory.held.copy()
+
+    @property
     def frames_generated(self) -> np.ndarray:
         """Latent frames evaluated per stream since its reset."""
         return self.cache.frames.copy()

@@ -65,6 +65,8 @@ class ReprojectionMemory:
         self.pose = np.stack([np.eye(4)] * batch)  # camera now, in the anchor's camera
         self.last = torch.zeros_like(self.anchor)  # what each stream showed last
         self.shown = np.zeros(batch, bool)  # whether `last` is a step's picture (not the first image's latent)
+        self.held = np.zeros(batch, bool)
+        """Streams whose last step stood still and showed their previous picture again."""
         self._ones = torch.ones(batch, 1, 1, *latent_hw, device=device, dtype=dtype)
 
     def reset(self, latents: torch.Tensor, streams: Sequence[int] | None = None) -> None:
@@ -72,6 +74,7 @@ class ReprojectionMemory:
         idx = stream_indices(streams, self.batch)
         self.anchor_on(latents, idx)
         self.shown[idx] = False
+        self.held[idx] = False
 
     def anchor_on(self, latents: torch.Tensor, idx: Sequence[int] | slice) -> None:
         """Make `latents` the anchor of streams `idx`, with no motion since."""
@@ -110,6 +113,7 @@ class ReprojectionMemory:
         tol = self.cfg.still_tolerance
         still = (rotation_angle(steps[:, :3, :3]) < tol) & (np.linalg.norm(steps[:, :3, 3], axis=-1) < tol)
         still &= self.shown
+        self.held = still
         if still.any():
             z[still] = self.last[still]
             refresh &= ~still

@@ -40,7 +40,7 @@ from worldmodel.dit import WorldDiT
 from worldmodel.generator import StreamingGenerator
 from worldmodel.indexing import stream_indices
 from worldmodel.reproject import ReprojectionConfig
-from worldmodel.vae import CausalVAE, StreamDecoder, VAEConfig
+from worldmodel.vae import CausalVAE, DecoderState, StreamDecoder, VAEConfig
 
 BUNDLED = Path(__file__).parent / "assets" / "world_tiny.safetensors"
 
@@ -256,6 +256,7 @@ class WorldStreams:
         )
         self.decoder: StreamDecoder = world.vae.stream_decoder(batch, light=world.light_decoder)
         self.last_timing = {"transformer_s": 0.0, "decode_s": 0.0}
+        self.last_frames: np.ndarray | None = None  # (B, fps, H, W, 3) what each stream showed last
         self._started = False
 
     def reset(self, images: np.ndarray, streams: Sequence[int] | None = None,
@@ -279,18 +280,36 @@ class WorldStreams:
             solo = self.world.vae.stream_decoder(len(idx), light=self.world.light_decoder)
             first = solo.step(z0)
             self.decoder.restore(solo.snapshot(), idx)
-        return np.repeat(video_to_uint8(first), self.world.frames_per_step, axis=1)
+        shown = np.repeat(video_to_uint8(first), self.world.frames_per_step, axis=1)
+        if self.last_frames is None:
+            self.last_frames = np.zeros((self.batch, *shown.shape[1:]), np.uint8)
+        self.last_frames[idx] = shown
+        return shown
 
     def step(self, actions: np.ndarray) -> np.ndarray:
         """Relative camera motions (B, 6) -> decoded frames uint8 (B, fps, H, W, 3)."""
+        z = self.step_latent(actions)
+        t1 = time.perf_counter()
+        held = np.flatnonzero(self.gen.held)
+        # A stream the memory held still shows its last frame again: decoding the same latent once more
+        # would drift (the causal decoder's context keeps changing), and its decoder skips the step.
+        before = self.decoder.snapshot() if len(held) else None
+        frames = video_to_uint8(self.decoder.step(z))
+        if before is not None:
+            self.decoder.restore(DecoderState([b[held] for b in before.buffers], before.t), held)
+            frames[held] = self.last_frames[held, -1:]
+        self.last_frames = frames
+        self.last_timing["decode_s"] = time.perf_counter() - t1
+        return frames
+
+    def step_latent(self, actions: np.ndarray) -> torch.Tensor:
+        """Relative camera motions (B, 6) -> next latents (B, C, h, w), not decoded (cheaper: agents in latent space).
+        Run a batch of streams in one mode: `step` after `step_latent` decodes without the skipped frames' past."""
         if not self._started:
             raise RuntimeError("call reset() before step()")
         t0 = time.perf_counter()
         z = self.gen.step(actions)
         if z.is_cuda:  # otherwise queued transformer work would be billed to the decode
             torch.cuda.synchronize()
-        t1 = time.perf_counter()
-        frames = video_to_uint8(self.decoder.step(z))
-        t2 = time.perf_counter()
-        self.last_timing = {"transformer_s": t1 - t0, "decode_s": t2 - t1}
-        return frames
+        self.last_timing = {"transformer_s": time.perf_counter() - t0, "decode_s": 0.0}
+        return z
