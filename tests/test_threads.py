@@ -10,18 +10,19 @@ def test_requested_count_wins(monkeypatch):
     assert threads.choose_threads(3) == (3, "requested")
 
 
-def test_busy_machine_gets_one_thread(monkeypatch):
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
-    n, why = threads.choose_threads(None)
-    assert n == 1 and "busy" in why
-
-
-def test_idle_machine_keeps_torch_default(monkeypatch):
-    monkeypatch.setattr(threads.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
-    monkeypatch.setattr(threads.torch, "get_num_threads", lambda: 2)
-    assert threads.choose_threads(None) == (2, "torch default")
+@pytest.mark.parametrize("cores, load, default, want", [
+    (2, 2.0, 2, 1),    # every core busy: one thread
+    (2, 0.5, 2, 1),    # one core partly busy: one thread on the idle one
+    (2, 9.0, 2, 1),    # overloaded: still at least one
+    (16, 4.2, 16, 11),  # a big machine keeps its idle cores
+    (2, 0.0, 2, 2),    # an idle machine: torch's default
+    (16, 0.0, 8, 8),   # never more than torch's default
+])
+def test_one_thread_per_idle_core(monkeypatch, cores, load, default, want):
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(threads.torch, "get_num_threads", lambda: default)
+    assert threads.choose_threads(None)[0] == want
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])

@@ -175,7 +175,7 @@ def test_invalid_vae_settings_are_refused_naming_the_key(key, value):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_threads_null_uses_the_shared_rule(tiny_root, tmp_path, kind, monkeypatch):
-    """threads=null (the default) asks worldmodel.threads.use_threads, which picks 1 on a busy machine."""
+    """threads=null (the default) asks worldmodel.threads.use_threads, which picks one thread per idle core."""
     import train.stages.loop as lp
 
     asked = []

@@ -90,7 +90,7 @@ class EvalConfig:
     test_world: bool = False
     """Evaluate on freedoom1 (the held-out test world) instead of the freedoom2 validation maps."""
     threads: int | None = None
-    """torch CPU threads (None: 1 on a busy machine, else torch's default; `worldmodel.threads`)."""
+    """torch CPU threads (None: one per idle core, at most torch's default; `worldmodel.threads`)."""
     device: str = "cpu"
     """Torch device of the model."""
     min_translation: float = 2.0
@@ -541,7 +541,7 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     p.add_argument("--long-steps", type=int)
     p.add_argument("--long-trajectories", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a busy machine, else torch's)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per idle core, at most torch's)")
     p.add_argument("--device")
     p.add_argument("--test-world", action="store_true", help="evaluate on freedoom1 (held-out test world)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

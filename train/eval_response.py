@@ -582,7 +582,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--starts", type=int, default=None, help="held-out starts (overrides the setting)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the starts and the model's noise (default 0)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 on a busy machine, else torch's)")
+                   help="torch CPU threads (default: one per idle core, at most torch's)")
     p.add_argument("--no-network-alone", action="store_true", help="skip the row of the world with its memory off")
     p.add_argument("--json", default="outputs/eval_response/response.json", help="output JSON (default %(default)s)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

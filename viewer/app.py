@@ -85,8 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sheet", type=Path, default=None,
                    help="write a contact sheet (PNG, 12 frames spread over the run) when done")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for the model (default: 1 when the machine's cores are busy, else torch's "
-                        "default; on a shared machine pass 1)")
+                   help="CPU threads for the model (default: one per idle core by the load average, at most "
+                        "torch's default; on a shared machine pass 1)")
     p.add_argument("--window", action="store_true",
                    help="open the window even when no display is detected (skips the headless fallback)")
     p.add_argument("--show-help", action="store_true", help="start with the help overlay shown")

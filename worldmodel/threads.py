@@ -2,27 +2,32 @@
 
 On a machine whose cores are already busy, torch's intra-op threads wait on each other at
 every op: with 2 threads on a loaded 2-core box a world step took 4-18x longer than with 1.
-So the default is 1 thread when the load average says the cores are taken, and torch's own
-choice otherwise. An explicit count always wins.
+So the default is one thread per idle core as the load average tells them (at least 1, at most
+torch's own choice); BENCHMARKS.md, "Default thread count", has the measurements behind it.
+An explicit count always wins.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 
 
 def choose_threads(requested: int | None = None) -> tuple[int, str]:
-    """The thread count to use and why: `requested` if given, else 1 on a busy machine, else torch's choice."""
+    """The thread count to use and why: `requested` if given, else one per idle core (at least 1, at most
+    torch's default), where a core counts as busy as soon as the 1-minute load average shows any of it."""
     if requested is not None:
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
             raise ValueError(f"threads must be a positive int or None, got {requested!r}")
         return requested, "requested"
     cores, load = os.cpu_count() or 1, os.getloadavg()[0]
-    if load >= cores - 0.5:
-        return 1, f"machine busy (load {load:.1f} on {cores} cores): 1 thread; pass a thread count to override"
-    return torch.get_num_threads(), "torch default"
+    idle = cores - math.ceil(load)
+    if idle >= torch.get_num_threads():
+        return torch.get_num_threads(), "torch default"
+    n = max(1, idle)
+    return n, f"load {load:.1f} on {cores} cores: {n} thread{'s' * (n > 1)}; pass a thread count to override"
 
 
 def use_threads(requested: int | None = None) -> int:

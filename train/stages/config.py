@@ -28,7 +28,7 @@ class LoopConf:
     seed: int = 0
     """Seed of model init, data order and noise."""
     threads: int | None = None
-    """torch CPU threads; null: 1 on a busy machine, else torch's default (worldmodel.threads)."""
+    """torch CPU threads; null: one per idle core, at most torch's default (worldmodel.threads)."""
     ckpt_every: int = 50
     """Save the training state every this many steps (and when the run stops)."""
     log_every: int = 10

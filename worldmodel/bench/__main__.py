@@ -69,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", metavar="PATH",
                    help="world file to time on CPU (default: the bundled world; random weights if it is missing)")
     p.add_argument("--threads", type=int,
-                   help="torch CPU threads (default: torch's choice, or 1 when the load average says the cores are busy)")
+                   help="torch CPU threads (default: one per idle core by the load average, at most torch's choice)")
     p.add_argument("--steps", type=int, help="rollout steps for speed and memory (default 360 = 1,440 frames)")
     p.add_argument("--warmup", type=int, help="untimed rollout steps before the speed statistics (default 10)")
     p.add_argument("--windows", type=int, nargs="+", help="windows for KV cache vs recompute (default 4 8 16 30)")
