@@ -3,6 +3,7 @@
     python -m envs.bench                          # N = 1 4 16 on the bundled world
     python -m envs.bench --quick --json out.json  # seconds; for tests
     python -m envs.bench --envs 1 8 --checkpoint world.safetensors
+    python -m envs.bench --envs 1 16 64 --threads 1 --obs-mode latent   # agents' cost: no decode
 
 Every row goes through `gymnasium.make_vec("worldmodel/World-v0", num_envs=N)`, i.e. the batched
 vector env (one transformer evaluation and one decode per step for all N). It lives next to the
@@ -32,11 +33,11 @@ ENV_ID = "worldmodel/World-v0"
 
 
 def vector_stepper(
-    world: World, checkpoint: str | None, n: int, steps: int
+    world: World, checkpoint: str | None, n: int, steps: int, obs_mode: str = "frames"
 ) -> tuple[Callable[[], Any], Callable[[], None]]:
     """A step function over `gymnasium.make_vec` with in-bounds random actions, and its close."""
     source = {"checkpoint": checkpoint} if checkpoint else {"world": world}
-    env = gymnasium.make_vec(ENV_ID, num_envs=n, threads=torch.get_num_threads(), **source)
+    env = gymnasium.make_vec(ENV_ID, num_envs=n, threads=torch.get_num_threads(), obs_mode=obs_mode, **source)
     env.reset(seed=0)
     low, high = env.single_action_space.low, env.single_action_space.high
     actions = iter(np.clip(random_actions(steps, n), low, high).astype(env.single_action_space.dtype))
@@ -44,11 +45,11 @@ def vector_stepper(
 
 
 def vector_env_rows(world: World, checkpoint: str | None, sizes: Sequence[int], repeats: int,
-                    warmup: int = 2) -> list[Row]:
-    """Env steps/s and frames/s for each number of parallel envs N."""
+                    warmup: int = 2, obs_mode: str = "frames") -> list[Row]:
+    """Env steps/s and frames/s (generated; decoded unless obs_mode='latent') for each number of parallel envs N."""
     rows = []
     for n in sizes:
-        step, close = vector_stepper(world, checkpoint, n, warmup + repeats)
+        step, close = vector_stepper(world, checkpoint, n, warmup + repeats, obs_mode)
         try:
             ts = time_repeats(step, world.device, repeats, warmup)
         finally:
@@ -57,6 +58,7 @@ def vector_env_rows(world: World, checkpoint: str | None, sizes: Sequence[int], 
         rows.append({
             "name": f"N={n}",
             "num_envs": n,
+            "obs_mode": obs_mode,
             "env_steps_per_s": n / mean,
             "frames_per_s": n * world.frames_per_step / mean,
             **latency_stats(ts, "step_"),
@@ -76,6 +78,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="timed steps per N (default 5; --quick 1)")
     p.add_argument("--warmup", type=int, help="untimed steps per N first (default 2; --quick 1)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: worldmodel.threads' choice)")
+    p.add_argument("--obs-mode", choices=("frames", "frame", "latent"), default="frames",
+                   help="observation mode (latent: no VAE decode)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds; for tests); numbers are rough")
     p.add_argument("--json", metavar="PATH", help="also write the rows, the machine and the settings to this JSON file")
     return p.parse_args(argv)
@@ -90,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     threads, why = choose_threads(a.threads)
     torch.set_num_threads(threads)
     world, weights, checkpoint = bundled_world(a.checkpoint)
-    rows = vector_env_rows(world, checkpoint, sizes, repeats, warmup)
+    rows = vector_env_rows(world, checkpoint, sizes, repeats, warmup, a.obs_mode)
     for r in rows:
         print(f"{r['name']:>6}  {r['env_steps_per_s']:8.1f} env steps/s  {r['frames_per_s']:8.1f} frames/s  "
               f"step p50 {r['step_p50_ms']:.1f} ms  p95 {r['step_p95_ms']:.1f} ms")
@@ -101,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "machine": machine_info(world.device),
         "torch_version": torch.__version__,
         "settings": {"envs": sizes, "repeats": repeats, "warmup": warmup, "threads": threads, "threads_reason": why,
-                     "weights": weights, "via": f"gymnasium.make_vec('{ENV_ID}')"},
+                     "weights": weights, "obs_mode": a.obs_mode, "via": f"gymnasium.make_vec('{ENV_ID}')"},
         "sections": {"vector_env": rows},
     }
     if a.json:

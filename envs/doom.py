@@ -35,9 +35,9 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.checks import check_seed
-from envs.spaces import DEFAULT_MAX_ROTATION, DEFAULT_MAX_TRANSLATION, camera_action_space, clip_action, validate_action
+from envs.spaces import DEFAULT_MAX_ROTATION, DEFAULT_MAX_TRANSLATION, camera_action_space, clip_action
 from envs.watchdog import EngineGuard, child_pids
-from worldmodel.camera import interpolate_action
+from worldmodel.camera import check_action, interpolate_action
 
 # ZDoom player physics, measured in tests/test_doom_env.py: a delta-move value v adds v/32 units/tic
 # of velocity along the (new) heading, |v| is capped at 50, position += velocity, then velocity *= friction.
@@ -176,6 +176,10 @@ class DoomCameraEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 35}
+    game_args = "-nomonsters +movebob 0 +sv_cheats 1 +freelook 1"
+    """Engine arguments: no monsters; no view bob (it would move the camera without an action); cheats for warp/god."""
+    episode_start_tic = 10
+    """The first tics of a level ignore input; episodes start after them."""
 
     def __init__(
         self,
@@ -211,7 +215,8 @@ class DoomCameraEnv(gym.Env):
         self.frame_hw = tuple(frame_size) if frame_size is not None else self.render_hw
         self.frames_per_step, self.max_steps, self.depth = frames_per_step, max_steps, depth
         self.render_mode = render_mode
-        self.action_space = camera_action_space(max_translation, max_rotation)
+        # The camera Box(6) the engine executes (a task env may expose a normalised action_space over it).
+        self.camera_space = self.action_space = camera_action_space(max_translation, max_rotation)
         self.observation_space = spaces.Box(0, 255, (frames_per_step, *self.frame_hw, 3), dtype=np.uint8)
         self._game = None
         self._guard: EngineGuard | None = None
@@ -251,12 +256,11 @@ class DoomCameraEnv(gym.Env):
             [V.CAMERA_POSITION_X, V.CAMERA_POSITION_Y, V.CAMERA_POSITION_Z, V.CAMERA_ANGLE, V.CAMERA_PITCH,
              V.CAMERA_FOV, V.VELOCITY_X, V.VELOCITY_Y, V.POSITION_X, V.POSITION_Y]
         )
-        # No monsters; no view bob (it would move the camera without an action); cheats for warp/god.
-        g.add_game_args("-nomonsters +movebob 0 +sv_cheats 1 +freelook 1")
+        g.add_game_args(self.game_args)
         g.set_mode(vzd.Mode.PLAYER)
-        # The first tics of a level ignore input; start the episode after them.
-        g.set_episode_start_time(10)
+        g.set_episode_start_time(self.episode_start_tic)
         g.set_episode_timeout(0)
+        self._configure(g)
         before = child_pids("vizdoom")
         g.init()
         engines = child_pids("vizdoom") - before
@@ -266,6 +270,9 @@ class DoomCameraEnv(gym.Env):
         self._shutdown = weakref.finalize(self, _stop_engine, g, guard)
         self._game, self._guard = g, guard
         self._loaded_map = self.map_name
+
+    def _configure(self, game: Any) -> None:
+        """Hook for subclasses (task scenarios): adjust the game before the engine starts."""
 
     @contextlib.contextmanager
     def _engine(self, what: str) -> Iterator[None]:
@@ -404,8 +411,8 @@ class DoomCameraEnv(gym.Env):
         """Execute one relative camera pose over frames_per_step tics; see the class docstring."""
         if self._game is None:
             raise RuntimeError("call reset() before step()")
-        a = validate_action(action, self.action_space)
-        a, clipped = clip_action(a, self.action_space)
+        a = check_action(action, self.camera_space.shape)
+        a, clipped = clip_action(a, self.camera_space)
         target = self._pose @ interpolate_action(a * REALISABLE, self.frames_per_step)  # (fps, 4, 4) world
         frames, poses, valid = [], [], 0
         with self._engine("stepping"):

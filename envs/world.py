@@ -24,9 +24,10 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.checks import check_index, check_seed
+from envs.modes import motion_info, observation_space, observe, resolve_action_map, resolve_obs_mode
 from envs.rewards import RewardFn, TerminationFn, never_terminate, zero_reward
-from envs.spaces import check_action_bounds, validate_action
-from worldmodel.camera import ACTION_LAYOUT, integrate
+from envs.tasks import Task, TaskStep
+from worldmodel.camera import ACTION_LAYOUT, check_action, integrate
 from worldmodel.threads import use_threads
 from worldmodel.world import World
 
@@ -82,13 +83,6 @@ def world_observation_space(world: World) -> spaces.Box:
     return spaces.Box(0, 255, (world.frames_per_step, *world.meta.image_hw, 3), dtype=np.uint8)
 
 
-def check_actions(actions: object, space: spaces.Box, layout: str = ACTION_LAYOUT) -> np.ndarray:
-    """Validate actions against a Box: shape, dtype, NaN, inf, bounds; float64 copy, or ValueError."""
-    a = validate_action(actions, space, layout)
-    check_action_bounds(a, space, layout)
-    return a
-
-
 def world_render_fps(world: World) -> int:
     """Video frame rate of a world: its card's `fps`, else the Doom tic rate."""
     return int(world.meta.card.get("fps", DEFAULT_RENDER_FPS))
@@ -129,21 +123,43 @@ class WorldEpisodes:
         reward_fn: RewardFn | None = None,
         termination_fn: TerminationFn | None = None,
         window: int | None = None,
+        task: Task | None = None,
+        obs_mode: str | None = None,
+        action_mode: str | None = None,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs} must be >= 1")
+        if task is not None and (reward_fn is not None or termination_fn is not None):
+            raise ValueError("pass task=... or reward_fn/termination_fn, not both: the task defines reward and ending")
+        if max_episode_steps is None and task is not None:
+            max_episode_steps = task.max_steps
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1 or None (never truncate)")
-        self.world, self.num_envs = world, num_envs
+        if task is not None:
+            task.check_frames_per_step(world.frames_per_step, "the world")
+        self.world, self.num_envs, self.task = world, num_envs, task
         self.max_episode_steps = max_episode_steps
         self.reward_fn = reward_fn or zero_reward
         self.termination_fn = termination_fn or never_terminate
-        self.action_space = world_action_space(world)
-        self.observation_space = world_observation_space(world)
+        self.camera_space = world_action_space(world)
+        self.obs_mode = resolve_obs_mode(obs_mode, task)
+        self.action_map = resolve_action_map(action_mode, task, self.camera_space, "the world's action space")
+        self.action_space = self.camera_space if self.action_map is None else self.action_map.space
+        self.layout = ACTION_LAYOUT if self.action_map is None else self.action_map.layout
+        latent_shape = (world.cfg.latent_channels, *world.latent_hw)
+        self.observation_space = observation_space(self.obs_mode, world.frames_per_step, world.meta.image_hw,
+                                                   latent_shape)
+        self.start_frames = world.start_frames if task is None or task.start_pool is None else task.start_pool
+        pool_hw = None if task is None or task.start_pool is None else task.start_pool.shape[1:3]
+        if pool_hw is not None and pool_hw != tuple(world.meta.image_hw):
+            raise ValueError(f"the task's start_pool frames are {task.start_pool.shape[1:3]}, the world's images "
+                             f"{tuple(world.meta.image_hw)}; collect the pool at the world's resolution")
         self.streams = world.streams(num_envs, seeds=list(range(num_envs)), window=window)
         self.c2w = np.tile(np.eye(4), (num_envs, 1, 1))  # (N, 4, 4) float64
         self.steps = np.zeros(num_envs, dtype=np.int64)
-        self.frames = np.zeros((num_envs, *self.observation_space.shape), dtype=np.uint8)  # (N, fps, H, W, 3)
+        fps_hw = (world.frames_per_step, *world.meta.image_hw, 3)
+        self.frames = np.zeros((num_envs, *fps_hw), dtype=np.uint8)  # (N, fps, H, W, 3): the last decoded step
+        self.obs = np.zeros((num_envs, *self.observation_space.shape), dtype=self.observation_space.dtype)
         self.started = False
 
     # ---- reset -----------------------------------------------------------------------
@@ -178,7 +194,7 @@ class WorldEpisodes:
         return [(None, None)] * n
 
     def _require_start_frames(self) -> None:
-        if self.world.start_frames is None or len(self.world.start_frames) == 0:
+        if self.start_frames is None or len(self.start_frames) == 0:
             raise ValueError("this world file has no bundled start frames; pass options={'image': uint8 (H, W, 3)}")
 
     def _check_images(self, image: object, batched: bool) -> list[np.ndarray]:
@@ -197,7 +213,7 @@ class WorldEpisodes:
 
     def _check_starts(self, start: object, batched: bool) -> list[int]:
         self._require_start_frames()
-        n_starts, n = len(self.world.start_frames), self.num_envs
+        n_starts, n = len(self.start_frames), self.num_envs
         if not batched or not isinstance(start, (list, tuple, np.ndarray)):
             ks = [check_index(start, "options['start']")] * (n if batched else 1)
         else:
@@ -232,8 +248,10 @@ class WorldEpisodes:
             image, start = plan[i]
             if image is None:
                 self._require_start_frames()
-                start = int(rng.integers(len(self.world.start_frames))) if start is None else start
-                image = self.world.start_frames[start]
+                if start is None:
+                    n_starts = len(self.start_frames)
+                    start = int(rng.integers(n_starts)) if self.task is None else self.task.sample_start(rng, n_starts)
+                image = self.start_frames[start]
             images.append(image)
             starts.append(start)
             seeds.append(int(rng.integers(2**63 - 1)))
@@ -242,53 +260,84 @@ class WorldEpisodes:
         latency = time.perf_counter() - t0
         self.started = True
         self.frames[idx] = frames
+        if self.obs_mode == "latent":  # the first latent, as the generator recycles it
+            self.obs[idx] = self.streams.gen.recycled[idx].float().cpu().numpy()
+        else:
+            self.obs[idx] = observe(self.obs_mode, frames)
         self.c2w[idx] = np.eye(4)
         self.steps[idx] = 0
+        zero = np.zeros(6)
         infos = [
-            {"c2w": np.eye(4), "step": 0, "start": starts[k], "timing": StepTiming(latency, 0.0, latency)}
+            {"c2w": np.eye(4), "step": 0, "start": starts[k], "timing": StepTiming(latency, 0.0, latency),
+             **motion_info(np.eye(4), zero, zero), **self._task_info_at_reset(frames[k])}
             for k in range(len(idx))
         ]
-        return frames, infos
+        return self.obs[idx].copy(), infos
+
+    def _task_info_at_reset(self, frames: np.ndarray) -> dict[str, Any]:
+        """The task's info keys at the start of an episode (none without a task)."""
+        if self.task is None:
+            return {}
+        zero = np.zeros(6)
+        return self.task.info(TaskStep(frames, np.eye(4), zero, zero, 0, None, 0))
 
     # ---- step ------------------------------------------------------------------------
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> tuple[
         np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any] | None]
     ]:
-        """Advance the `active` episodes (default: all) by validated actions (N, 6), in one forward.
+        """Advance the `active` episodes (default: all) by validated actions (N, k) of `action_space`, in one forward.
 
         Inactive streams are stepped too (the batch has a static shape) with a zero action; the
         caller resets them right after, which discards that step (no forward at all when
-        none is active). Returns frames (N, fps, H, W, 3),
+        none is active). Returns observations (N, ...) in `obs_mode`,
         rewards, terminated, truncated (N,) and one info per episode (None when inactive).
         """
         if not self.started:
             raise RuntimeError("call reset() before step()")
         active = np.ones(self.num_envs, dtype=bool) if active is None else np.asarray(active, dtype=bool)
         actions = np.where(active[:, None], actions, 0.0)
+        camera = actions if self.action_map is None else self.action_map.to_camera(actions)  # (N, 6)
+        frames = None
         if active.any():
             t0 = time.perf_counter()
-            frames = self.streams.step(actions)  # (N, fps, H, W, 3) uint8
+            if self.obs_mode == "latent":
+                obs = self.streams.step_latent(camera).float().cpu().numpy()  # (N, C, h, w)
+            else:
+                frames = self.streams.step(camera)  # (N, fps, H, W, 3) uint8
+                obs = observe(self.obs_mode, frames)
             latency = time.perf_counter() - t0
             t = self.streams.last_timing
             timing = StepTiming(latency, t["transformer_s"], t["decode_s"])
         else:  # every episode is about to be reset: skip the forward
-            frames, timing = self.frames.copy(), StepTiming(0.0, 0.0, 0.0)
+            obs, timing = self.obs.copy(), StepTiming(0.0, 0.0, 0.0)
         rewards = np.zeros(self.num_envs)
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
         infos: list[dict[str, Any] | None] = [None] * self.num_envs
         for i in np.flatnonzero(active):
-            self.c2w[i] = integrate(self.c2w[i], actions[i])
+            self.c2w[i] = integrate(self.c2w[i], camera[i])
             self.steps[i] += 1
-            self.frames[i] = frames[i]
-            rewards[i] = float(self.reward_fn(frames[i], self.c2w[i].copy(), actions[i].copy()))
-            terminated[i] = bool(self.termination_fn(frames[i], self.c2w[i].copy(), actions[i].copy()))
+            self.obs[i] = obs[i]
+            if frames is not None:
+                self.frames[i] = frames[i]
+            extra: dict[str, Any] = {}
+            if self.task is not None:
+                # No motion or continue head yet: the realised motion is the command, and death is unknown.
+                s = TaskStep(None if frames is None else frames[i], self.c2w[i].copy(), camera[i].copy(),
+                             camera[i].copy(), self.world.frames_per_step, None, int(self.steps[i]))
+                rewards[i], terminated[i] = float(self.task.reward(s)), bool(self.task.terminated(s))
+                extra = self.task.info(s)
+            else:
+                seen = frames[i] if frames is not None else obs[i]
+                rewards[i] = float(self.reward_fn(seen, self.c2w[i].copy(), camera[i].copy()))
+                terminated[i] = bool(self.termination_fn(seen, self.c2w[i].copy(), camera[i].copy()))
             truncated[i] = self.max_episode_steps is not None and self.steps[i] >= self.max_episode_steps
             infos[i] = {
                 "c2w": self.c2w[i].copy(), "step": int(self.steps[i]), "action": actions[i].copy(), "timing": timing,
+                **motion_info(self.c2w[i], camera[i], camera[i]), **extra,
             }
-        return frames, rewards, terminated, truncated, infos
+        return obs, rewards, terminated, truncated, infos
 
 
 class WorldEnv(gym.Env):
@@ -304,12 +353,21 @@ class WorldEnv(gym.Env):
     training data. Those are often lopsided (the bundled Doom world walks forward up to 26.8
     units but back only 0.015); the mirrored side is motion the model has seen only the other
     way round. Actions of the wrong shape or dtype, with NaN or inf, or outside the box raise
-    `ValueError` (nothing is clipped) and leave the env usable.
+    `ValueError` (nothing is clipped) and leave the env usable. `action_mode="normalized"` (the
+    default with a `task`) takes `Box(-1, 1, (k,))` over the task's components instead (no task:
+    tx, tz, ry), scaled by the task's bounds; 0 is no motion (`envs.modes`).
 
     ## Observation space
-    `Box(0, 255, (frames_per_step, H, W, 3), uint8)`: the decoded video frames of the step. At
-    reset every slot holds the start image as the VAE reconstructs it. For one frame per step,
-    wrap with `envs.wrappers.SingleFrameObservation`.
+    `obs_mode="frames"` (default without a task): `Box(0, 255, (frames_per_step, H, W, 3), uint8)`,
+    the decoded video frames of the step; at reset every slot holds the start image as the VAE
+    reconstructs it. `"frame"` (default with a task): `(H, W, 3)` uint8, the step's last frame.
+    `"latent"`: `Box(-inf, inf, (C, h, w), float32)`, the step's latent, never decoded (cheaper;
+    no rendering).
+
+    ## Task
+    `task=envs.tasks.Task` sets reward, termination, truncation (`task.max_steps`), the start
+    frames (`task.start_pool`, else the world's) and the normalised action components; without
+    heads in the world file the realised motion is the command and death is unknown (None).
 
     ## Reset
     `reset(seed=..., options=...)`: `options={"image": uint8 (H, W, 3)}` starts from your image,
@@ -330,13 +388,14 @@ class WorldEnv(gym.Env):
     (default: never; `gymnasium.make(..., max_episode_steps=n)` adds a TimeLimit instead).
 
     ## Info
-    `c2w` (4, 4) float64 camera-to-world pose integrated from the actions (identity at reset);
-    `step` int; `action` (6,) float64 the action received (steps only); `start` (reset only) the
+    `c2w` (4, 4) float64 camera-to-world pose integrated from the actions (identity at reset), also
+    as `pose`; `commanded_action`, `realised_action` (6,) camera actions (the schema of the real
+    task env); a task's own keys; `step` int; `action` float64 the action received (steps only); `start` (reset) the
     bundled start index or -1; `timing` a `StepTiming` (`latency_s` wall time of the step, split
     into `transformer_s` and `decode_s`).
     """
 
-    metadata = {"render_modes": ["rgb_array", "human"], "render_fps": DEFAULT_RENDER_FPS}
+    metadata = {"render_modes": ["rgb_array", "rgb_array_list", "human"], "render_fps": DEFAULT_RENDER_FPS}
 
     def __init__(
         self,
@@ -349,18 +408,27 @@ class WorldEnv(gym.Env):
         device: str = "cpu",
         window: int | None = None,
         threads: int | None = None,
+        task: Task | None = None,
+        obs_mode: str | None = None,
+        action_mode: str | None = None,
     ) -> None:
         if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(f"render_mode={render_mode!r}; World-v0 supports None, 'rgb_array' or 'human'")
+            modes = self.metadata["render_modes"]
+            raise ValueError(f"render_mode={render_mode!r}; World-v0 supports None or one of {modes}")
+        if render_mode is not None and obs_mode == "latent":
+            raise ValueError(f"render_mode={render_mode!r} needs decoded frames; obs_mode='latent' never decodes")
         self.threads = env_threads(threads)
         self.world = load_world(checkpoint, world, device)
-        self.core = WorldEpisodes(self.world, 1, max_episode_steps, reward_fn, termination_fn, window)
+        self.core = WorldEpisodes(self.world, 1, max_episode_steps, reward_fn, termination_fn, window,
+                                  task, obs_mode, action_mode)
+        self.task = task
         self.action_space = self.core.action_space
         self.observation_space = self.core.observation_space
         self.metadata = {**self.metadata, "render_fps": world_render_fps(self.world)}
         self.render_mode = render_mode
         self._window = None
         self._clock = None
+        self._unrendered: list[np.ndarray] = []  # 'rgb_array_list': frames since the last render()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode from `options["image"]`, bundled start `options["start"]`, or a seeded draw.
@@ -371,23 +439,31 @@ class WorldEnv(gym.Env):
         seed = check_seed(seed)
         plan = self.core.parse_options(options, batched=False)
         super().reset(seed=seed)
-        frames, infos = self.core.reset([0], [self.np_random], plan)
+        obs, infos = self.core.reset([0], [self.np_random], plan)
+        self._unrendered = [self.core.frames[0, -1].copy()] if self.render_mode == "rgb_array_list" else []
         if self.render_mode == "human":
-            self._show(frames[0][:1])
-        return frames[0].copy(), infos[0]
+            self._show(self.core.frames[0][:1])
+        return obs[0].copy(), infos[0]
 
     def step(self, action):
         """Move the camera by one relative pose; one transformer evaluation and one decode."""
-        a = check_actions(action, self.action_space)  # raises before any state changes
-        frames, rewards, terminated, truncated, infos = self.core.step(a[None])
+        space = self.action_space
+        a = check_action(action, space.shape, self.core.layout, (space.low, space.high))  # raises before any change
+        obs, rewards, terminated, truncated, infos = self.core.step(a[None])
+        if self.render_mode == "rgb_array_list":
+            self._unrendered.extend(self.core.frames[0].copy())
         if self.render_mode == "human":
-            self._show(frames[0])
-        return frames[0].copy(), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), infos[0]
+            self._show(self.core.frames[0])
+        return obs[0].copy(), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), infos[0]
 
-    def render(self) -> np.ndarray | None:
-        """'rgb_array': the last frame (H, W, 3) uint8; 'human' draws in step/reset and returns None."""
+    def render(self) -> np.ndarray | list[np.ndarray] | None:
+        """'rgb_array': the last frame (H, W, 3) uint8; 'rgb_array_list': every frame since the last call (a
+        step's frames_per_step, `envs.wrappers.RecordStepVideo` records them all); 'human' draws in step/reset."""
         if self.render_mode == "rgb_array":
             return self.core.frames[0, -1].copy()
+        if self.render_mode == "rgb_array_list":
+            frames, self._unrendered = self._unrendered, []
+            return frames
         return None
 
     def _show(self, frames: np.ndarray) -> None:

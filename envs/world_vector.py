@@ -19,15 +19,15 @@ from gymnasium.vector.utils import batch_space
 
 from envs.checks import check_seed
 from envs.rewards import RewardFn, TerminationFn
+from envs.tasks import Task
 from envs.world import (
     DEFAULT_RENDER_FPS,
     WorldEpisodes,
-    check_actions,
     env_threads,
     load_world,
     world_render_fps,
 )
-from worldmodel.camera import ACTION_LAYOUT
+from worldmodel.camera import check_action
 from worldmodel.world import World
 
 
@@ -37,6 +37,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
     ## Spaces
     `single_action_space` Box(6) float32 `[tx, ty, tz, rx, ry, rz]` with the world's bounds;
     `action_space` Box (N, 6). `observation_space` uint8 (N, frames_per_step, H, W, 3).
+    `task`, `obs_mode` and `action_mode` as for `WorldEnv` (e.g. a task gives Box(-1, 1, (N, k))
+    actions and (N, H, W, 3) frames); autoresets draw from the task's start pool.
 
     ## Autoreset (Gymnasium 1.x)
     `autoreset_mode` (default `AutoresetMode.NEXT_STEP`, in `metadata["autoreset_mode"]`):
@@ -83,16 +85,23 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         device: str = "cpu",
         window: int | None = None,
         threads: int | None = None,
+        task: Task | None = None,
+        obs_mode: str | None = None,
+        action_mode: str | None = None,
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}; the World-v0 vector env supports None or 'rgb_array'")
+        if render_mode is not None and obs_mode == "latent":
+            raise ValueError(f"render_mode={render_mode!r} needs decoded frames; obs_mode='latent' never decodes")
         try:
             mode = AutoresetMode(autoreset_mode)
         except ValueError as e:
             raise ValueError(f"autoreset_mode={autoreset_mode!r}; expected one of {[m.value for m in AutoresetMode]}") from e
         self.threads = env_threads(threads)
         self.world = load_world(checkpoint, world, device)
-        self.core = WorldEpisodes(self.world, num_envs, max_episode_steps, reward_fn, termination_fn, window)
+        self.core = WorldEpisodes(self.world, num_envs, max_episode_steps, reward_fn, termination_fn, window,
+                                  task, obs_mode, action_mode)
+        self.task = task
         self.num_envs = num_envs
         self.single_action_space = self.core.action_space
         self.single_observation_space = self.core.observation_space
@@ -101,7 +110,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.metadata = {**self.metadata, "render_fps": world_render_fps(self.world), "autoreset_mode": mode}
         self.render_mode = render_mode
         self.autoreset_mode = mode
-        self._layout = f"({num_envs}, 6): one row {ACTION_LAYOUT} per env"
+        k = self.single_action_space.shape[0]
+        self._layout = f"({num_envs}, {k}): one row {self.core.layout} per env"
         self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
         self._needs_reset = np.zeros(num_envs, dtype=bool)
 
@@ -129,7 +139,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
                 self._rngs[i] = seeding.np_random(seeds[i])[0]
         _, infos = self.core.reset(idx, [self._rngs[i] for i in idx], plan)
         self._needs_reset[idx] = False
-        return self.core.frames.copy(), self._gather(infos, idx)
+        return self.core.obs.copy(), self._gather(infos, idx)
 
     def _check_seeds(self, seed: object) -> list[int | None]:
         """One seed (or None) per env from None, an int s (env i gets s + i) or a list of N; else ValueError."""
@@ -143,7 +153,8 @@ class WorldVectorEnv(gym.vector.VectorEnv):
 
     def step(self, actions):
         """Step every env in one forward; ended envs restart as `autoreset_mode` says."""
-        a = check_actions(actions, self.action_space, self._layout)  # raises before any state changes
+        space = self.action_space
+        a = check_action(actions, space.shape, self._layout, (space.low, space.high))  # raises before any state changes
         if self.autoreset_mode == AutoresetMode.DISABLED and self._needs_reset.any():
             raise RuntimeError(
                 f"envs {np.flatnonzero(self._needs_reset).tolist()} ended; with autoreset_mode=DISABLED reset them "
@@ -152,13 +163,13 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         resetting = self._needs_reset.copy() if self.autoreset_mode == AutoresetMode.NEXT_STEP else np.zeros_like(
             self._needs_reset
         )
-        frames, rewards, terminated, truncated, step_infos = self.core.step(a, active=~resetting)
+        obs, rewards, terminated, truncated, step_infos = self.core.step(a, active=~resetting)
         infos: dict[str, Any] = {}
         done = terminated | truncated
         if self.autoreset_mode == AutoresetMode.SAME_STEP and done.any():
             ended = np.flatnonzero(done)
             for i in ended:
-                infos = self._add_info(infos, {"final_obs": frames[i].copy(), "final_info": step_infos[i]}, int(i))
+                infos = self._add_info(infos, {"final_obs": obs[i].copy(), "final_info": step_infos[i]}, int(i))
             _, reset_infos = self.core.reset(ended, [self._rngs[i] for i in ended], None)
             for i, info in zip(ended, reset_infos, strict=True):
                 step_infos[i] = info
@@ -170,7 +181,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         for i, info in enumerate(step_infos):
             infos = self._add_info(infos, info, i)
         self._needs_reset = done if self.autoreset_mode != AutoresetMode.SAME_STEP else np.zeros_like(done)
-        return self.core.frames.copy(), rewards, terminated, truncated, infos
+        return self.core.obs.copy(), rewards, terminated, truncated, infos
 
     def _gather(self, infos: list[dict[str, Any]], idx: np.ndarray) -> dict[str, Any]:
         out: dict[str, Any] = {}

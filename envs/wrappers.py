@@ -8,6 +8,11 @@ one image per step:
 
     venv = SingleFrameVectorObservation(gymnasium.make_vec("worldmodel/World-v0", num_envs=8, checkpoint=path))
     obs, info = venv.reset(seed=0)           # (8, H, W, 3)
+
+(`obs_mode="frame"` gives the same without a wrapper.) Gymnasium's `RecordVideo` keeps one frame
+per step; `RecordStepVideo` keeps all of them, so the video plays at the world's frame rate:
+
+    env = RecordStepVideo(gymnasium.make("worldmodel/World-v0", render_mode="rgb_array_list"), "videos")
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.wrappers import RecordVideo
 
 
 def _frame_space(space: gym.Space, batched: bool) -> spaces.Box:
@@ -58,3 +64,22 @@ class SingleFrameVectorObservation(gym.vector.VectorObservationWrapper):
     def observations(self, observations: np.ndarray) -> np.ndarray:
         """(N, fps, H, W, 3) -> (N, H, W, 3)."""
         return observations[:, self.index]
+
+
+class RecordStepVideo(RecordVideo):
+    """Gymnasium's `RecordVideo`, recording every frame of each step (not only the last) at `metadata["render_fps"]`.
+
+    The env must render in "rgb_array_list" mode (World-v0 and DoomTask-v0 return the
+    frames_per_step frames of each step); `video_length` counts video frames. Writing the file
+    needs moviepy (`pip install "gymnasium[other]"`), as for `RecordVideo`.
+    """
+
+    def __init__(self, env: gym.Env, video_folder: str, **kwargs) -> None:
+        if env.render_mode != "rgb_array_list":
+            raise ValueError(f"RecordStepVideo needs render_mode='rgb_array_list' (every frame of a step), got "
+                             f"{env.render_mode!r}; make the env with render_mode='rgb_array_list'")
+        super().__init__(env, video_folder, **kwargs)
+
+    def _capture_frame(self) -> None:
+        """Append every frame rendered since the last capture (a step's frames_per_step; one at reset)."""
+        self.recorded_frames.extend(self.env.render())

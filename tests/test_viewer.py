@@ -132,11 +132,12 @@ def test_headless_scripted_run_records_the_frames_and_the_actions_the_keys_map_t
 
 
 def test_headless_run_with_reprojection_turns_on_the_memory(world_file, tmp_path):
-    """--reprojection: the run completes; with min_turn=0 and no key pressed the recorded picture stays
-    put (a still camera keeps the anchor), while without the memory, or with the default 'on' (a step
-    that does not turn is the network's), the random network changes it."""
+    """--reprojection: the run completes; with no key pressed the recorded picture stays put with the
+    memory on (a camera that does not move shows its last picture), also with min_turn=0 (the anchor
+    held), while without the memory, or with still_tolerance=0 (a step that does not turn is the
+    network's), the random network changes it."""
     video = tmp_path / "still.mp4"
-    for memory, moves in (("min_turn=0", False), ("off", True), ("on", True)):
+    for memory, moves in (("min_turn=0", False), ("off", True), ("on", False), ("still_tolerance=0", True)):
         r = run_viewer("--checkpoint", str(world_file), "--headless", "--steps", "6", "--reprojection", memory,
                        "--record", str(video))
         assert r.returncode == 0, r.stderr

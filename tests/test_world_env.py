@@ -15,6 +15,7 @@ import envs  # noqa: F401  (registers worldmodel/World-v0)
 from envs.rewards import forward_progress_reward, leave_radius_termination
 from envs.world import WorldEnv
 from envs.wrappers import SingleFrameObservation, SingleFrameVectorObservation
+from worldmodel.bench.common import perturb_, rss_bytes
 from worldmodel.camera import integrate
 from worldmodel.checkpoint import CheckpointError
 from worldmodel.config import model_config
@@ -33,9 +34,7 @@ def build_world(path, card=None) -> None:
     torch.manual_seed(0)
     dit = WorldDiT(model_config("tiny", dim=64, depth=2, heads=4, window=8))
     vae = CausalVAE(vae_config("tiny"))
-    with torch.no_grad():
-        for p in dit.parameters():  # adaLN-Zero starts as the identity: give every block an effect
-            p.add_(0.02 * torch.randn_like(p))
+    perturb_(dit, 0.02, seed=None)  # adaLN-Zero starts as the identity: give every block an effect
     starts = np.random.default_rng(0).integers(0, 256, (3, *HW, 3), dtype=np.uint8)
     meta = WorldMeta(HW, [24.0, 24.0, 23.5, 15.5], LOW, HIGH, card=card or {"source": "test"})
     World(dit, vae, meta, start_frames=starts).save(path)
@@ -269,11 +268,6 @@ def test_human_render_mode_draws_without_error(world):
     assert env.step(np.zeros(6, np.float32))[0].shape == (FPS, *HW, 3)
     assert env.render() is None
     env.close()
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 def test_1440_frame_rollout_has_flat_memory_and_no_nan(world):
