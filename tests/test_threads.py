@@ -14,8 +14,9 @@ def test_requested_count_wins(monkeypatch):
     (2, 2.0, 2, 1),    # every core busy: one thread
     (2, 0.5, 2, 1),    # one core partly busy: one thread on the idle one
     (2, 9.0, 2, 1),    # overloaded: still at least one
-    (16, 4.2, 16, 11),  # a big machine keeps its idle cores
+    (16, 4.2, 16, 12),  # a big machine keeps its idle cores (4 busy, 0.2 of noise)
     (2, 0.0, 2, 2),    # an idle machine: torch's default
+    (2, 0.2, 2, 2),    # background noise does not make a core busy
     (16, 0.0, 8, 8),   # never more than torch's default
 ])
 def test_one_thread_per_idle_core(monkeypatch, cores, load, default, want):

@@ -15,15 +15,20 @@ import os
 import torch
 
 
+BUSY_SLACK = 0.25
+"""Load average a core may carry and still count as idle (background noise of an otherwise quiet machine)."""
+
+
 def choose_threads(requested: int | None = None) -> tuple[int, str]:
     """The thread count to use and why: `requested` if given, else one per idle core (at least 1, at most
-    torch's default), where a core counts as busy as soon as the 1-minute load average shows any of it."""
+    torch's default), where a core counts as busy once the 1-minute load average shows more than
+    `BUSY_SLACK` of it."""
     if requested is not None:
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
             raise ValueError(f"threads must be a positive int or None, got {requested!r}")
         return requested, "requested"
     cores, load = os.cpu_count() or 1, os.getloadavg()[0]
-    idle = cores - math.ceil(load)
+    idle = cores - max(0, math.ceil(load - BUSY_SLACK))
     if idle >= torch.get_num_threads():
         return torch.get_num_threads(), "torch default"
     n = max(1, idle)
