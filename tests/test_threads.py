@@ -30,3 +30,16 @@ def test_one_thread_per_idle_core(monkeypatch, cores, load, default, want):
 def test_bad_counts_are_refused(bad):
     with pytest.raises(ValueError, match="threads"):
         threads.choose_threads(bad)
+
+
+def test_thread_benchmark_compares_the_default_with_every_count(tmp_path):
+    """`python -m worldmodel.bench.threads` times the default and each count 1..cores and writes the ratio."""
+    import json
+    import os
+
+    from worldmodel.bench.threads import main
+
+    main(["--steps", "2", "--warmup", "1", "--json", str(tmp_path / "t.json")])
+    r = json.loads((tmp_path / "t.json").read_text())
+    assert {row["threads"] for row in r["rows"]} == set(range(1, (os.cpu_count() or 1) + 1)) | {r["default_threads"]}
+    assert r["best_over_default"] >= 1.0

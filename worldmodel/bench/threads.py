@@ -38,16 +38,12 @@ def measure(steps: int, warmup: int) -> dict[str, Any]:
     import torch
 
     from worldmodel.bench.common import bundled_world, machine_info
-    from worldmodel.bench.generation import rollout, speed_row
+    from worldmodel.bench.variants import thread_rows
     from worldmodel.threads import choose_threads
 
     default, why = choose_threads(None)
     world, note, _ = bundled_world()
-    rows = []
-    for n in sorted({default, *range(1, (os.cpu_count() or 1) + 1)}):
-        torch.set_num_threads(n)
-        r = rollout(world, batch=1, steps=warmup + steps)
-        rows.append(speed_row(f"{n} thread{'s' * (n > 1)}", r, warmup, threads=n))
+    rows = thread_rows(world, sorted({default, *range(1, (os.cpu_count() or 1) + 1)}), steps, warmup)
     best = max(rows, key=lambda r: r["decoded_fps"])
     chosen = next(r for r in rows if r["threads"] == default)
     return {"machine": machine_info(torch.device("cpu")), "default_threads": default, "default_reason": why,
