@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.eval import encode_real, parse_args, rollout, shuffled, teacher_forced, warp_rollout
+from train.eval import EvalConfig, encode_real, parse_args, rollout, shuffled, teacher_forced, warp_rollout
 from worldmodel.config import model_config
 from worldmodel.dit import WorldDiT
 from worldmodel.vae import CausalVAE, vae_config
@@ -129,6 +129,8 @@ def test_quick_flag_is_the_ci_setting_and_flags_override_it():
     assert parse_args(["--report", ""]).report is None and parse_args(["--threads", "2"]).threads == 2
     # What a person notices runs in full by default, in its CI setting with --quick, and can be turned off.
     assert (full.response, q.response, parse_args(["--quick", "--response", "off"]).response) == ("full", "quick", "off")
+    with pytest.raises(ValueError, match="response"):
+        EvalConfig(response="fast")
 
 
 @pytest.mark.slow

@@ -62,6 +62,8 @@ METHODS = ("model", "repeat_last_frame", "camera_zeroed", "camera_shuffled")
 """Generated-frame methods compared on the same trajectories."""
 
 Memory = ReprojectionConfig | None | Literal["world"]
+RESPONSE_SETTINGS = ("full", "quick", "off")
+"""Settings of `EvalConfig.response`: the full or CI-sized `train.eval_response` report, or none."""
 """A rollout's reprojection memory: a config, None (the network alone) or "world" (the world file's)."""
 
 
@@ -103,6 +105,10 @@ class EvalConfig:
     response: str = "full"
     """What a person notices (`train.eval_response`: turn, walk, idle, return-to-view, start frame):
     'full', 'quick' (the CI setting) or 'off'."""
+
+    def __post_init__(self) -> None:
+        if self.response not in RESPONSE_SETTINGS:  # refused before minutes of rendering, not after
+            raise ValueError(f"EvalConfig.response must be one of {RESPONSE_SETTINGS}, got {self.response!r}")
 
     @classmethod
     def quick(cls, **overrides: Any) -> EvalConfig:
@@ -447,8 +453,6 @@ class Stopwatch:
 
 def measure_response(world: World, memory: Memory, cfg: EvalConfig) -> dict[str, Any] | None:
     """`train.eval_response`'s report (the engine, the world, the network alone), or None when off."""
-    if cfg.response not in ("full", "quick", "off"):
-        raise ValueError(f"EvalConfig.response must be 'full', 'quick' or 'off', got {cfg.response!r}")
     if cfg.response == "off":
         return None
     from train.eval_response import ResponseConfig, response_report  # it imports this module
@@ -546,7 +550,7 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     p.add_argument("--test-world", action="store_true", help="evaluate on freedoom1 (held-out test world)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: only when stderr is a terminal)")
-    p.add_argument("--response", choices=("full", "quick", "off"),
+    p.add_argument("--response", choices=RESPONSE_SETTINGS,
                    help="what a person notices: turn, walk, idle, return-to-view, start frame (default: full; "
                         "quick with --quick)")
     add_reprojection_argument(p, "Overrides the world's for the model rollouts; default: as the world file says.")
