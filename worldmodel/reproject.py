@@ -17,6 +17,8 @@ less than `min_turn` (walking, mostly) shows the network's latent as it is, and 
 becomes the anchor: rotation says nothing about walking, so there the network draws the change.
 The anchor is also renewed (from the blend) once it covers `refresh_coverage` of the view or
 less, or the camera has walked 2 `travel_scale`s from it.
+A step with no motion at all (`still_tolerance`) shows the stream's last picture again, as
+the engine does when the camera stands still; the network's own idle steps drift into noise.
 
 Why both `min_turn` and bicubic resampling (docs/training.md, "Reprojection memory"): holding
 the anchor on every step froze the picture while the camera walked straight; with bilinear
@@ -103,7 +105,8 @@ class ReprojectionMemory:
         refresh = (coverage.mean((1, 2, 3)) <= self.cfg.refresh_coverage).cpu().numpy()
         refresh |= travel > 2 * scale
         # The network draws this step on its own; a turn of exactly min_turn (up to float32 rounding) reprojects.
-        walk = rotation_angle(steps[:, :3, :3]) < self.cfg.min_turn - TURN_TOLERANCE
+        turn = rotation_angle(steps[:, :3, :3])  # (B,) radians this step
+        walk = turn < self.cfg.min_turn - TURN_TOLERANCE
         if walk.any():
             z[walk] = generated[walk].to(z.dtype)
             refresh |= walk
@@ -111,7 +114,7 @@ class ReprojectionMemory:
         # Not the first image's latent, though: it encodes one frame where a step's latent encodes
         # frames_per_step, so the first still step is the network's and is held from then on.
         tol = self.cfg.still_tolerance
-        still = (rotation_angle(steps[:, :3, :3]) < tol) & (np.linalg.norm(steps[:, :3, 3], axis=-1) < tol)
+        still = (turn < tol) & (np.linalg.norm(steps[:, :3, 3], axis=-1) < tol)
         still &= self.shown
         self.held = still
         if still.any():
