@@ -379,8 +379,8 @@ class WorldEnv(gym.Env):
     of range, or an image that is not uint8 (H, W, 3) raise `ValueError` before anything changes.
 
     ## Threads
-    `threads` sets torch's CPU threads (None: `worldmodel.threads.use_threads`, 1 on a busy
-    machine, else torch's default; always 1 in a forked worker, where more would deadlock).
+    `threads` sets torch's CPU threads (None: `worldmodel.threads.use_threads`, one per idle core,
+    at most torch's default; always 1 in a forked worker, where more would deadlock).
 
     ## Rewards and episode end
     `reward_fn(obs, c2w, action) -> float` (default: 0) and `termination_fn(obs, c2w, action)
