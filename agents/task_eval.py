@@ -13,6 +13,7 @@ import argparse
 import json
 from collections.abc import Callable
 
+import gymnasium as gym
 import numpy as np
 
 from envs.doom_task import DoomTaskEnv
@@ -35,18 +36,23 @@ def still_policy(k: int) -> Policy:
 def evaluate(policy: Policy, task: Task, episodes: int = 20, seed: int = 0) -> list[float]:
     """Returns of `episodes` engine episodes of `task` under `policy` (TakeCover: survival in tics)."""
     env = DoomTaskEnv(task)
-    rng = np.random.default_rng(seed)
-    returns = []
     try:
-        for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
-            total, done = 0.0, False
-            while not done:
-                obs, reward, terminated, truncated, _ = env.step(policy(obs, rng))
-                total, done = total + reward, terminated or truncated
-            returns.append(total)
+        return play(env, policy, episodes, seed)
     finally:
         env.close()
+
+
+def play(env: gym.Env, policy: Policy, episodes: int, seed: int = 0) -> list[float]:
+    """Returns of `episodes` episodes of any env (episode i reset with seed + i) under `policy`."""
+    rng = np.random.default_rng(seed)
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(policy(obs, rng))
+            total, done = total + reward, terminated or truncated
+        returns.append(total)
     return returns
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from envs.checks import check_seed
 from envs.doom import DoomCameraEnv, wad_path
 from envs.modes import motion_info, observation_space, observe, resolve_action_map, resolve_obs_mode
-from envs.tasks import Task, TakeCover, TaskStep
+from envs.tasks import Task, TakeCover, TaskStep, blocked_labels
 from worldmodel.camera import ACTION_LAYOUT, check_action
 
 WORLD_FRAME_SIZE = (96, 128)
@@ -58,7 +58,9 @@ class DoomTaskEnv(DoomCameraEnv):
     ## Info
     `pose` (4, 4) camera-to-world after the step (Doom map frame), `commanded_action` and
     `realised_action` (6,) camera actions, the task's keys (TakeCover: `alive`), `tics` (tics
-    survived this episode), `health`, and `DoomCameraEnv`'s keys (`c2w` per frame, ...).
+    survived this episode), `health`, `blocked` (less than half the commanded motion of the task's
+    components happened: a wall stopped the player; `envs.tasks.blocked_labels`), and
+    `DoomCameraEnv`'s keys (`c2w` per frame, ...).
 
     ## Reset
     `reset(seed=...)`: the seed sets the engine's (monster and fireball) randomness; no options.
@@ -124,7 +126,8 @@ class DoomTaskEnv(DoomCameraEnv):
         frames, info = super().reset(seed=seed)
         self._tics = 0
         zero = np.zeros(6)
-        info.update(motion_info(self._pose, zero, zero), tics=0, health=float(self._vars()[10]), **self.task.info(
+        info.update(motion_info(self._pose, zero, zero), tics=0, health=float(self._vars()[10]), blocked=False,
+                    **self.task.info(
             TaskStep(frames, self._pose.copy(), zero, zero, 0, True, 0)))
         self._unrendered = [frames[-1].copy()] if self.render_mode == "rgb_array_list" else []
         return observe(self.obs_mode, frames[None])[0], info
@@ -147,7 +150,10 @@ class DoomTaskEnv(DoomCameraEnv):
         reward, terminated = float(self.task.reward(s)), bool(self.task.terminated(s))
         truncated = bool(truncated) and not terminated
         health = 0.0 if game.is_episode_finished() else float(self._vars()[10])
-        info.update(motion_info(s.pose, s.commanded, s.realised), tics=self._tics, health=health, **self.task.info(s))
+        amap = self.task.actions
+        blocked = bool(blocked_labels(amap.from_camera(s.commanded), amap.from_camera(s.realised))[1])
+        info.update(motion_info(s.pose, s.commanded, s.realised), tics=self._tics, health=health, blocked=blocked,
+                    **self.task.info(s))
         if self.render_mode == "rgb_array_list":
             self._unrendered.extend(frames[:max(tics, 1)].copy())
         return observe(self.obs_mode, frames[None])[0], reward, terminated, truncated, info

@@ -27,6 +27,21 @@ from worldmodel.camera import ACTION_NAMES
 
 PLANAR_COMPONENTS = ("tx", "tz", "ry")
 """The camera components Doom can realise (strafe, walk, yaw): the default normalised action."""
+BLOCKED_MIN_COMMAND = 0.1
+"""A step can be blocked only if it commands at least this much normalised motion (TakeCover: 0.9 units)."""
+BLOCKED_RATIO = 0.5
+"""A step is blocked (a wall stopped the player) when less than this share of its commanded motion happens."""
+
+
+def blocked_labels(commanded: np.ndarray, realised: np.ndarray, min_command: float = BLOCKED_MIN_COMMAND,
+                   ratio: float = BLOCKED_RATIO) -> tuple[np.ndarray, np.ndarray]:
+    """(counted, blocked) bool (...,) from normalised commanded and realised motion (..., k): a step counts when
+    it commands >= min_command, and is blocked when the realised motion along the command is < ratio of it."""
+    commanded, realised = np.asarray(commanded, np.float64), np.asarray(realised, np.float64)
+    norm2 = (commanded**2).sum(-1)
+    counted = np.sqrt(norm2) >= min_command
+    along = (commanded * realised).sum(-1) / np.maximum(norm2, 1e-12)
+    return counted, counted & (along < ratio)
 
 
 class ActionMap:
@@ -85,11 +100,11 @@ class TaskStep:
     commanded: np.ndarray
     """float64 (6,) camera action the env received."""
     realised: np.ndarray
-    """float64 (6,) camera motion that happened (the dream without a motion head: the command)."""
+    """float64 (6,) camera motion that happened (the dream: the command, or the heads' where they say blocked)."""
     tics: int
     """Video frames (engine tics) of this step the agent lived through: frames_per_step unless it died."""
     alive: bool | None
-    """Engine: the player is alive after the step. Dream: None (no continue head yet)."""
+    """Engine: the player is alive after the step. Dream: the continue head's verdict; None without heads."""
     step: int
     """Steps since reset, this one included."""
 
@@ -176,8 +191,8 @@ class TakeCover(Task):
 
     The reward of a step is the number of its tics the player lived through (`TaskStep.tics`),
     so an episode's return is its survival in tics, the number World Models reports. In the
-    dream there is no death signal until a world file carries a continue head: episodes end
-    only by truncation there.
+    dream the death signal comes from the world file's heads (`python -m train.heads`); a world
+    without heads never ends an episode but by truncation.
     """
 
     name = "take_cover"

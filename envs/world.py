@@ -138,6 +138,10 @@ class WorldEpisodes:
         if task is not None:
             task.check_frames_per_step(world.frames_per_step, "the world")
         self.world, self.num_envs, self.task = world, num_envs, task
+        # The world's learned heads decide reward, ending and realised motion for the task they were trained on.
+        self.heads = world.heads if task is not None and world.heads is not None and world.heads.cfg.task == task.name \
+            else None
+        self.rngs: list[np.random.Generator | None] = [None] * num_envs  # each episode's generator ('sample' ends)
         self.max_episode_steps = max_episode_steps
         self.reward_fn = reward_fn or zero_reward
         self.termination_fn = termination_fn or never_terminate
@@ -245,6 +249,7 @@ class WorldEpisodes:
         plan = plan if plan is not None else [(None, None)] * self.num_envs
         images, starts, seeds = [], [], []
         for i, rng in zip(idx, rngs, strict=True):
+            self.rngs[i] = rng
             image, start = plan[i]
             if image is None:
                 self._require_start_frames()
@@ -269,7 +274,8 @@ class WorldEpisodes:
         zero = np.zeros(6)
         infos = [
             {"c2w": np.eye(4), "step": 0, "start": starts[k], "timing": StepTiming(latency, 0.0, latency),
-             **motion_info(np.eye(4), zero, zero), **self._task_info_at_reset(frames[k])}
+             **motion_info(np.eye(4), zero, zero), **self._task_info_at_reset(frames[k]),
+             **({"blocked": False, "blocked_prob": 0.0, "continue_prob": 1.0} if self.heads is not None else {})}
             for k in range(len(idx))
         ]
         return self.obs[idx].copy(), infos
@@ -279,7 +285,7 @@ class WorldEpisodes:
         if self.task is None:
             return {}
         zero = np.zeros(6)
-        return self.task.info(TaskStep(frames, np.eye(4), zero, zero, 0, None, 0))
+        return self.task.info(TaskStep(frames, np.eye(4), zero, zero, 0, None if self.heads is None else True, 0))
 
     # ---- step ------------------------------------------------------------------------
 
@@ -298,13 +304,20 @@ class WorldEpisodes:
         active = np.ones(self.num_envs, dtype=bool) if active is None else np.asarray(active, dtype=bool)
         actions = np.where(active[:, None], actions, 0.0)
         camera = actions if self.action_map is None else self.action_map.to_camera(actions)  # (N, 6)
+        realised, heads = camera, None
+        if self.heads is not None and active.any():
+            # From the latent the agent sees before the step: the generator then moves by the realised motion.
+            heads = self.heads.predict(self.streams.gen.recycled, camera)
+            realised = heads["realised"]
+            ends, on = np.zeros(self.num_envs, dtype=bool), np.flatnonzero(active)
+            ends[on] = self.heads.ends(heads["continue_prob"][on], [self.rngs[i] for i in on])
         frames = None
         if active.any():
             t0 = time.perf_counter()
             if self.obs_mode == "latent":
-                obs = self.streams.step_latent(camera).float().cpu().numpy()  # (N, C, h, w)
+                obs = self.streams.step_latent(realised).float().cpu().numpy()  # (N, C, h, w)
             else:
-                frames = self.streams.step(camera)  # (N, fps, H, W, 3) uint8
+                frames = self.streams.step(realised)  # (N, fps, H, W, 3) uint8
                 obs = observe(self.obs_mode, frames)
             latency = time.perf_counter() - t0
             t = self.streams.last_timing
@@ -316,18 +329,25 @@ class WorldEpisodes:
         truncated = np.zeros(self.num_envs, dtype=bool)
         infos: list[dict[str, Any] | None] = [None] * self.num_envs
         for i in np.flatnonzero(active):
-            self.c2w[i] = integrate(self.c2w[i], camera[i])
+            self.c2w[i] = integrate(self.c2w[i], realised[i])
             self.steps[i] += 1
             self.obs[i] = obs[i]
             if frames is not None:
                 self.frames[i] = frames[i]
             extra: dict[str, Any] = {}
             if self.task is not None:
-                # No motion or continue head yet: the realised motion is the command, and death is unknown.
+                # Without heads the realised motion is the command and death is unknown (alive None); with
+                # heads, alive, realised motion and reward are the heads' predictions.
+                alive = None if heads is None else not bool(ends[i])
                 s = TaskStep(None if frames is None else frames[i], self.c2w[i].copy(), camera[i].copy(),
-                             camera[i].copy(), self.world.frames_per_step, None, int(self.steps[i]))
+                             realised[i].copy(), self.world.frames_per_step, alive, int(self.steps[i]))
                 rewards[i], terminated[i] = float(self.task.reward(s)), bool(self.task.terminated(s))
                 extra = self.task.info(s)
+                if heads is not None:
+                    rewards[i] = float(heads["reward"][i])
+                    extra.update(blocked=bool(heads["blocked_prob"][i] >= self.heads.cfg.blocked_threshold),
+                                 blocked_prob=float(heads["blocked_prob"][i]),
+                                 continue_prob=float(heads["continue_prob"][i]))
             else:
                 seen = frames[i] if frames is not None else obs[i]
                 rewards[i] = float(self.reward_fn(seen, self.c2w[i].copy(), camera[i].copy()))
@@ -335,7 +355,7 @@ class WorldEpisodes:
             truncated[i] = self.max_episode_steps is not None and self.steps[i] >= self.max_episode_steps
             infos[i] = {
                 "c2w": self.c2w[i].copy(), "step": int(self.steps[i]), "action": actions[i].copy(), "timing": timing,
-                **motion_info(self.c2w[i], camera[i], camera[i]), **extra,
+                **motion_info(self.c2w[i], camera[i], realised[i]), **extra,
             }
         return obs, rewards, terminated, truncated, infos
 
@@ -369,6 +389,15 @@ class WorldEnv(gym.Env):
     frames (`task.start_pool`, else the world's) and the normalised action components; without
     heads in the world file the realised motion is the command and death is unknown (None).
 
+    ## Heads
+    When the world file carries heads (`worldmodel.heads`) trained for the task (`heads.cfg.task ==
+    task.name`; for any other task, or none, they are unused), they read the latent the agent sees
+    before each step and its action, and decide: the reward (the reward head's value), the end
+    (`alive` False, so TakeCover terminates, when the continue probability is below
+    `heads.cfg.continue_threshold`, 0.5; with `termination='sample'` an end drawn with the episode's
+    generator) and the realised motion (the command, or where the blocked head says a wall stops it
+    the motion head's; the generator is stepped with it and the pose integrates it).
+
     ## Reset
     `reset(seed=..., options=...)`: `options={"image": uint8 (H, W, 3)}` starts from your image,
     `options={"start": k}` from the world's bundled start frame k; otherwise a bundled start
@@ -390,9 +419,10 @@ class WorldEnv(gym.Env):
     ## Info
     `c2w` (4, 4) float64 camera-to-world pose integrated from the actions (identity at reset), also
     as `pose`; `commanded_action`, `realised_action` (6,) camera actions (the schema of the real
-    task env); a task's own keys; `step` int; `action` float64 the action received (steps only); `start` (reset) the
-    bundled start index or -1; `timing` a `StepTiming` (`latency_s` wall time of the step, split
-    into `transformer_s` and `decode_s`).
+    task env); a task's own keys; with heads also `blocked` (bool, as the engine task env reports it),
+    `blocked_prob` and `continue_prob` (the heads' probabilities); `step` int; `action` float64 the
+    action received (steps only); `start` (reset) the bundled start index or -1; `timing` a
+    `StepTiming` (`latency_s` wall time of the step, split into `transformer_s` and `decode_s`).
     """
 
     metadata = {"render_modes": ["rgb_array", "rgb_array_list", "human"], "render_fps": DEFAULT_RENDER_FPS}

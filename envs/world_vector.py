@@ -38,7 +38,9 @@ class WorldVectorEnv(gym.vector.VectorEnv):
     `single_action_space` Box(6) float32 `[tx, ty, tz, rx, ry, rz]` with the world's bounds;
     `action_space` Box (N, 6). `observation_space` uint8 (N, frames_per_step, H, W, 3).
     `task`, `obs_mode` and `action_mode` as for `WorldEnv` (e.g. a task gives Box(-1, 1, (N, k))
-    actions and (N, H, W, 3) frames); autoresets draw from the task's start pool.
+    actions and (N, H, W, 3) frames); autoresets draw from the task's start pool. A world file's
+    heads decide reward, ending and realised motion per env as in `WorldEnv` ("Heads"), in one
+    batched evaluation per step.
 
     ## Autoreset (Gymnasium 1.x)
     `autoreset_mode` (default `AutoresetMode.NEXT_STEP`, in `metadata["autoreset_mode"]`):

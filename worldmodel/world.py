@@ -5,6 +5,8 @@ A world file is a single safetensors checkpoint holding `dit.*`, `vae.*` and opt
 `image_hw`, `intrinsics` (fx, fy, cx, cy at image_hw), per-component action bounds and
 a free-form model card, and optionally how generated latents are blended with the
 reprojected past (`reprojection`, see `worldmodel.reproject`; None: the network alone).
+A file may also carry learned heads (`heads.*` tensors and a `heads` settings entry, see
+`worldmodel.heads`); a file without them loads as `heads=None`.
 
     world = World.load("checkpoints/world_tiny.safetensors")
     streams = world.streams(batch=4, seeds=[0, 1, 2, 3])
@@ -38,6 +40,7 @@ from worldmodel.checkpoint import (
 from worldmodel.config import CameraStats, DiTConfig
 from worldmodel.dit import WorldDiT
 from worldmodel.generator import StreamingGenerator
+from worldmodel.heads import WorldHeads, heads_builder
 from worldmodel.indexing import stream_indices
 from worldmodel.reproject import ReprojectionConfig
 from worldmodel.vae import CausalVAE, DecoderState, StreamDecoder, VAEConfig
@@ -150,8 +153,10 @@ class World:
         camera_stats: CameraStats | None = None,
         start_frames: np.ndarray | None = None,
         light_decoder: bool = True,
+        heads: WorldHeads | None = None,
     ) -> None:
         self.dit, self.vae = dit.eval(), vae.eval()
+        self.heads = None if heads is None else heads.eval()  # reward / continue / motion heads, if trained
         self.cfg: DiTConfig = dit.cfg
         self.meta = meta
         self.camera_stats = camera_stats or CameraStats()
@@ -162,6 +167,10 @@ class World:
             raise ValueError(f"start_frames are {np.asarray(start_frames).dtype}, expected uint8 (S, H, W, 3)")
         f = vae.cfg.spatial_factor
         self.latent_hw = (meta.image_hw[0] // f, meta.image_hw[1] // f)
+        latent = [vae.cfg.latent_channels, *self.latent_hw]
+        if heads is not None and [heads.cfg.latent_channels, *heads.cfg.latent_hw] != latent:
+            raise ValueError(f"heads read latents {[heads.cfg.latent_channels, *heads.cfg.latent_hw]}, the world "
+                             f"makes {latent}; train heads on this world's latents")
 
     @property
     def device(self) -> torch.device:
@@ -193,10 +202,15 @@ class World:
             check_world_parts(wm, cfg, vcfg, read_tensor_index(path).get("start_frames"))
         except ValueError as e:
             raise CheckpointError(f"world file {path} is inconsistent: {e}") from e
-        modules, tensors = load_modules(path, {"dit": lambda: WorldDiT(cfg), "vae": lambda: CausalVAE(vcfg)}, device)
+        builders = {"dit": lambda: WorldDiT(cfg), "vae": lambda: CausalVAE(vcfg)}
+        heads = heads_builder(meta, read_tensor_index(path), path)
+        if heads is not None:
+            builders["heads"] = heads
+        modules, tensors = load_modules(path, builders, device)
         start = tensors.get("start_frames")
         try:
-            return cls(modules["dit"], modules["vae"], wm, stats, None if start is None else start.cpu().numpy())
+            return cls(modules["dit"], modules["vae"], wm, stats, None if start is None else start.cpu().numpy(),
+                       heads=modules.get("heads"))
         except ValueError as e:
             raise CheckpointError(f"world file {path} is inconsistent: {e}") from e
 
@@ -212,8 +226,12 @@ class World:
             "card": self.meta.card,
             "reprojection": None if self.meta.reprojection is None else asdict(self.meta.reprojection),
         }
+        modules = {"vae": self.vae}
+        if self.heads is not None:  # a world without heads writes exactly what it did before heads existed
+            modules["heads"] = self.heads
+            meta["heads"] = asdict(self.heads.cfg)
         start = None if self.start_frames is None else {"start_frames": torch.as_tensor(self.start_frames)}
-        save_world_model(path, self.dit, self.cfg, self.camera_stats, {"vae": self.vae}, meta, start)
+        save_world_model(path, self.dit, self.cfg, self.camera_stats, modules, meta, start)
 
     # ---- generation -------------------------------------------------------------------
 
