@@ -1,9 +1,10 @@
-"""The learnability experiment's mechanics (train/learnability.py): anchors, inputs, the shift measure.
+"""The learnability test (issue 23) and the experiment's mechanics (train/learnability.py).
 
-The experiment itself (render pure-yaw clips, train a tiny WorldDiT for minutes, measure the gain
-teacher-forced and rolled out) is not a test yet: no configuration passed the issue's bar (gain >= 0.8
-both ways) reliably; the best passed on one seed and not on another (docs/training.md, "Learnability
-test"). When one does, its slow test belongs here.
+The slow test renders pure-yaw clips from the engine (training maps; held-out clips on the
+validation maps), trains a tiny WorldDiT for 500 steps with the diffusion stage's objective and
+pixel-space anchored recycling (`pixel4`), and asks the one-step generator to move the picture with
+the camera at a gain >= 0.8, teacher-forced and rolled out 16 steps on its own outputs
+(docs/training.md, "Learnability test": seeds 0, 1, 2 scored 1.00, 0.92, 0.97 rolled out).
 """
 
 import numpy as np
@@ -102,9 +103,9 @@ def test_expected_shift_matches_the_measured_shift_of_a_rotated_image(yaw):
     grid = torch.from_numpy(rotation_warp_grid(yaw_pose(yaw)[:3, :3], K, L.IMAGE_HW, L.IMAGE_HW))[None]
     moved = F.grid_sample(img, grid.permute(0, 2, 3, 1), mode="bicubic", padding_mode="border", align_corners=False)
     a, b = (((x[0, 0] + 1) * 127.5).numpy() for x in (img, moved))
-    m = L.phase_shift(a, b)
+    m = L.image_shift(a, b)
     assert abs(e - (-K[0] * np.tan(yaw))) < 1e-6
-    assert m == pytest.approx(e, rel=0.15)
+    assert 1.0 <= m / e <= 1.25, (m, e)  # the centre's shift; the whole picture's is larger (edges move more)
 
 
 def test_shift_scores():
@@ -115,3 +116,20 @@ def test_shift_scores():
     assert s["still_motion_px"] == pytest.approx(0.3)
     assert L.shift_scores(-e, e)["gain"] == pytest.approx(-1.0)
 
+
+
+@pytest.mark.slow
+def test_a_tiny_model_learns_to_move_the_picture_with_the_camera(tmp_path):
+    """The bar of issue 23 on held-out clips: gain >= 0.8 teacher-forced and over 16 rolled-out steps,
+    at most 1 turning step in 5 frozen; with the camera zeroed the same model must not turn
+    (so a model that slides the picture whatever the command fails). About 8 CPU-minutes, 1 thread."""
+    cfg = L.LearnConfig(sign_keep=0.8, variants=["pixel4"], train_steps=500, cache=str(tmp_path))
+    threads = torch.get_num_threads()
+    try:
+        r = L.run(cfg, log=lambda *a: None, baselines=False)["rows"]["pixel4"]  # runs on 1 thread
+    finally:
+        torch.set_num_threads(threads)
+    summary = L.summary_line(r)
+    assert r["tf"]["gain"] >= 0.8 and r["rollout"]["gain"] >= 0.8, summary
+    assert r["rollout"]["frozen"] <= 0.2, summary
+    assert abs(r["zero_rollout"]["gain"]) < 0.2, summary

@@ -12,6 +12,7 @@ from worldmodel.metrics import (
     detect_collapse,
     estimate_motion,
     frame_stats,
+    horizontal_shift,
     intrinsics_matrix,
     psnr,
     rotation_angle_deg,
@@ -156,3 +157,20 @@ def test_yaw_response_is_near_one_for_the_engine_turning_and_zero_for_a_frozen_w
     assert abs(frozen["yaw_gain"]) < 0.05, frozen
     with pytest.raises(ValueError, match="steps \\+ 1"):
         yaw_response(frames[:, :4], actions, fx)
+
+
+@pytest.mark.parametrize("dx", [-5.5, -2.0, 0.0, 1.25, 3.0, 7.75])
+def test_horizontal_shift_reads_a_blurry_picture_that_moves(doom, dx):
+    """A real frame shifted by dx px reads dx (within 0.2 px), sharp or blurred by a 4 px Gaussian (as
+    generated frames are). Both are cropped 24 columns in from each side after blurring, so the columns
+    the shift fills by repeating the edge stay out of the comparison."""
+    obs, _ = doom.reset(seed=5, options={"start": "random"})
+    grey = cv2.cvtColor(obs[-1], cv2.COLOR_RGB2GRAY).astype(np.float32)
+    moved = cv2.warpAffine(grey, np.float32([[1, 0, dx], [0, 1, 0]]), grey.shape[::-1], flags=cv2.INTER_CUBIC,
+                           borderMode=cv2.BORDER_REPLICATE)
+    for sigma in (0.0, 4.0):
+        a, b = ((cv2.GaussianBlur(x, (0, 0), sigma) if sigma else x)[:, 24:-24] for x in (grey, moved))
+        assert horizontal_shift(a, b) == pytest.approx(dx, abs=0.2), sigma
+    assert horizontal_shift(moved, grey) == pytest.approx(-dx, abs=0.2)
+    with pytest.raises(ValueError, match="equal"):
+        horizontal_shift(grey, grey[:, :-1])

@@ -38,7 +38,7 @@ import numpy as np
 
 from train.collect import VAL_MAPS, clip_seed
 from train.eval import TEST_MAPS, jsonable, progress
-from worldmodel.metrics import CollapseConfig, detect_collapse, frame_stats, image_shift, psnr
+from worldmodel.metrics import CollapseConfig, detect_collapse, frame_stats, horizontal_shift, psnr
 from worldmodel.reproject import ReprojectionConfig
 from worldmodel.threads import use_threads
 from worldmodel.world import World
@@ -306,10 +306,12 @@ def cylinder_maps(image_hw: Sequence[int], intrinsics: Sequence[float]) -> tuple
 
 def yaw_shift(a: np.ndarray, b: np.ndarray, maps: tuple[np.ndarray, np.ndarray]) -> float:
     """Horizontal shift (pixels of the cylinder, fx per radian) that moves frame a (H, W, 3) onto b, by
-    phase correlation (`worldmodel.metrics.image_shift`) on their cylindrical views (`cylinder_maps`);
-    a yaw of +t (turning right) gives -fx t."""
+    least squares on the grey cylindrical views (`cylinder_maps`, `worldmodel.metrics.horizontal_shift`:
+    phase correlation read blurry generated frames that move as still); a yaw of +t (turning right)
+    gives -fx t."""
     cyl = [cv2.remap(np.ascontiguousarray(x), maps[0], maps[1], cv2.INTER_LINEAR) for x in (a, b)]
-    return image_shift(cyl[0], cyl[1])[0]
+    grey = [cv2.cvtColor(c, cv2.COLOR_RGB2GRAY).astype(np.float32) for c in cyl]
+    return horizontal_shift(grey[0], grey[1])
 
 
 def baseline_steps(rate: float, fx: float, baseline_px: float) -> int:
@@ -335,9 +337,16 @@ def turn_response(source: World | FrameSource, engine: EngineSource, starts: Seq
     `ratio` = sum of measured shifts / sum of expected ones over windows of `baseline` steps (about
     `baseline_px` expected pixels; signed, so a picture sliding the wrong way scores negative);
     `frozen_share` = share of single steps whose shift is under a quarter of the expected one.
+    A picture smeared into horizontal streaks can still slide the right way, so two numbers say
+    whether it is the engine's picture that moves: `sharpness_ratio`, the Laplacian variance of the
+    step frames over the engine's on the same turn (mean over steps and starts), and `psnr_last`,
+    the last step's frame against the engine's.
     """
     actions = turn_actions(len(starts), rate, steps)
     f = step_ends(drive(source, engine, starts, actions, memory, seed), steps)  # (B, S + 1, H, W, 3)
+    eng = step_ends(engine(starts, actions), steps)
+    sharp = [frame_stats(g[1:])["sharpness"] / np.maximum(frame_stats(r[1:])["sharpness"], 1e-6)
+             for g, r in zip(f, eng, strict=True)]
     fx = float(engine.intrinsics[0])
     maps = cylinder_maps(f.shape[2:4], engine.intrinsics)
     k = baseline_steps(rate, fx, baseline_px)
@@ -359,6 +368,8 @@ def turn_response(source: World | FrameSource, engine: EngineSource, starts: Seq
         "frozen_share": float(np.mean(steps_along < FROZEN_SHARE_OF_EXPECTED)),
         "step_ratio_quartiles": np.percentile(steps_along, [25, 50, 75]).tolist(),
         "ratio_per_start": per_start,
+        "sharpness_ratio": float(np.mean(sharp)),
+        "psnr_last": float(psnr(f[:, -1], eng[:, -1]).mean()),
     }
 
 
@@ -552,6 +563,8 @@ def headline(report: dict[str, Any]) -> str:
     for r in rows[names[0]]["turn"]:
         line(f"turn {r} rad: ratio", lambda x, r=r: x["turn"][r]["ratio"])
         line(f"turn {r} rad: frozen share", lambda x, r=r: x["turn"][r]["frozen_share"])
+        line(f"turn {r} rad: sharpness ratio", lambda x, r=r: x["turn"][r].get("sharpness_ratio"))
+        line(f"turn {r} rad: PSNR at the end", lambda x, r=r: x["turn"][r].get("psnr_last"), "{:.1f}")
     line("walk: expansion ratio", lambda x: x["walk"]["ratio"])
     line("idle: PSNR at last step", lambda x: x["idle"]["psnr_last"], "{:.1f}")
     line("idle: flat-frame PSNR", lambda x: x["idle"]["flat_frame_psnr"], "{:.1f}")

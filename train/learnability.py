@@ -16,10 +16,9 @@ A few minutes on one CPU thread, before any compute is spent at scale:
    `losses.flow_matching_loss`), teacher forcing, next-frame layout as in `train.rollout`.
 3. **Measure** the one-step generator (t = 1, x0 = eps - v) on the held-out clips, decoded with the
    VAE's streaming light decoder as the world decodes: the horizontal image shift between the last
-   frame of step i and the last frame of step i+1 by phase correlation on grey frames, against the
+   frame of step i and the last frame of step i+1 by least squares on grey frames, against the
    shift the step's rotation gives at the image centre (fx * tan(yaw)).
-   gain = sum(measured * sign(expected)) / sum(|expected|) over steps that turn by >= 1 px (a failed
-   estimate, |shift| > MAX_SHIFT, counts as 0);
+   gain = sum(measured * sign(expected)) / sum(|expected|) over steps that turn by >= 1 px;
    frozen = share of steps turning by >= 2 px whose picture moves by < 0.5 px.
    Teacher-forced (each step from the real past) and rolled out 16 steps on the model's own outputs.
 
@@ -61,6 +60,7 @@ from train.losses import flow_matching_loss
 from worldmodel.camera import normalize_camera, pose_camera_maps, relative_pose, rotation_warp_grid
 from worldmodel.config import CameraStats, model_config
 from worldmodel.dit import WorldDiT, warp_recycled
+from worldmodel.metrics import horizontal_shift
 from worldmodel.flow import add_noise, sample_train_time, velocity_target
 from worldmodel.vae import CausalVAE
 
@@ -171,18 +171,12 @@ def expected_shift(c2w: np.ndarray, K: np.ndarray) -> np.ndarray:
     return -K[0] * fwd[..., 0] / fwd[..., 2]
 
 
-MAX_SHIFT = 32.0
-"""Phase-correlation shifts beyond this (a quarter of the frame width; a step here turns by at most ~7 px)
-are failed estimates (one in about 900 steps returned 199 px) and count as no motion."""
+def image_shift(a: np.ndarray, b: np.ndarray) -> float:
+    """Horizontal shift (px) of grey frame b against a (H, W), by least squares (`metrics.horizontal_shift`).
 
-
-def phase_shift(a: np.ndarray, b: np.ndarray) -> float:
-    """Horizontal shift (px) of grey frame b against a (H, W) float32, by phase correlation (0 when it fails)."""
-    import cv2
-
-    win = cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F)
-    (dx, _), _ = cv2.phaseCorrelate(a.astype(np.float32), b.astype(np.float32), win)
-    return float(dx) if abs(dx) <= MAX_SHIFT else 0.0
+    Not phase correlation: it weighs every frequency alike and read a blurry rollout that moves as
+    still (docs/training.md, "Learnability test")."""
+    return horizontal_shift(a, b)
 
 
 def grey(frames: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -207,7 +201,7 @@ def shift_scores(measured: np.ndarray, expected: np.ndarray) -> dict[str, float]
 def frame_shifts(greys: np.ndarray) -> np.ndarray:
     """Grey step frames (n, 1+S, H, W) -> shift between consecutive steps (n, S)."""
     n, T = greys.shape[:2]
-    return np.array([[phase_shift(greys[c, i], greys[c, i + 1]) for i in range(T - 1)] for c in range(n)])
+    return np.array([[image_shift(greys[c, i], greys[c, i + 1]) for i in range(T - 1)] for c in range(n)])
 
 
 # ---- recycling variants ------------------------------------------------------------------------
@@ -442,12 +436,25 @@ def decode_teacher_forced(vae: CausalVAE, latents: torch.Tensor, preds: torch.Te
 def tf_shifts(real: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Shift from real step frame i to the prediction of step i+1: (n, 1+S, H, W), (n, S, H, W) -> (n, S)."""
     n, S = pred.shape[:2]
-    return np.array([[phase_shift(real[c, i], pred[c, i]) for i in range(S)] for c in range(n)])
+    return np.array([[image_shift(real[c, i], pred[c, i]) for i in range(S)] for c in range(n)])
+
+
+def sharpness(greys: np.ndarray) -> np.ndarray:
+    """Laplacian variance of grey frames (..., H, W) -> (...)."""
+    import cv2
+
+    flat = greys.reshape(-1, *greys.shape[-2:]).astype(np.float64)
+    return np.array([cv2.Laplacian(g, cv2.CV_64F).var() for g in flat]).reshape(greys.shape[:-2])
 
 
 def evaluate(vae: CausalVAE, latents: torch.Tensor, ci: ClipInputs, ci0: ClipInputs, expected: np.ndarray,
-             model: WorldDiT | None, warp: bool, k: int, seed: int = 0, pixel: bool = False) -> dict[str, Any]:
-    """Teacher-forced and rolled-out scores of a model (None: the warp alone), plus the camera-zeroed control."""
+             model: WorldDiT | None, warp: bool, k: int, seed: int = 0, pixel: bool = False,
+             engine_grey: np.ndarray | None = None) -> dict[str, Any]:
+    """Teacher-forced and rolled-out scores of a model (None: the warp alone), plus the camera-zeroed control.
+
+    With the engine's grey step frames (n, 1+S, H, W), `rollout_sharpness` is the rolled-out frames'
+    Laplacian variance over the engine's (mean over steps 1..S): a picture smeared into streaks can
+    still slide the right way."""
     out: dict[str, Any] = {}
     runs = [("", ci)] if model is None else [("", ci), ("zero_", ci0)]
     for tag, c in runs:
@@ -460,7 +467,10 @@ def evaluate(vae: CausalVAE, latents: torch.Tensor, ci: ClipInputs, ci0: ClipInp
             tf = teacher_forced(model, latents, c, warp, k, gen, pix)
             ro = rollout(model, latents[:, 0], c, warp, k, gen, vae if pixel else None)
         real, pred = decode_teacher_forced(vae, latents, tf)
-        m_tf, m_ro = tf_shifts(real, pred), frame_shifts(decode_steps(vae, ro))
+        ro_grey = decode_steps(vae, ro)
+        m_tf, m_ro = tf_shifts(real, pred), frame_shifts(ro_grey)
+        if engine_grey is not None:
+            out[f"{tag}rollout_sharpness"] = float(np.mean(sharpness(ro_grey[:, 1:]) / np.maximum(sharpness(engine_grey[:, 1:]), 1e-6)))
         out[f"{tag}tf"], out[f"{tag}rollout"] = shift_scores(m_tf, expected), shift_scores(m_ro, expected)
         out[f"{tag}tf_shifts"], out[f"{tag}rollout_shifts"] = m_tf.round(2).tolist(), m_ro.round(2).tolist()
         out[f"{tag}tf_mse"] = float((tf - latents[:, 1:]).pow(2).mean())
@@ -538,7 +548,8 @@ def run(cfg: LearnConfig, log=print, baselines: bool = True) -> dict[str, Any]:
         model, info = train_variant(cfg, name, tr["latents"], ci_tr, log, pix_tr)
         info["train_s"] = time.time() - t0  # with the pixel variants' input preparation
         t0 = time.time()
-        r = evaluate(vae, va["latents"], ci_val, ci_val0, expected, model, warp, k, cfg.seed, pixel=is_pixel(name))
+        r = evaluate(vae, va["latents"], ci_val, ci_val0, expected, model, warp, k, cfg.seed, pixel=is_pixel(name),
+                     engine_grey=va["grey"])
         r.update(info, eval_s=time.time() - t0)
         rows[name] = r
         log(f"{name}: " + summary_line(r))
@@ -548,15 +559,16 @@ def run(cfg: LearnConfig, log=print, baselines: bool = True) -> dict[str, Any]:
 def summary_line(r: dict[str, Any]) -> str:
     def g(key: str) -> str:
         return "-" if key not in r else f"{r[key]['gain']:.2f}/{r[key]['frozen']:.0%}"
-    extra = f", {r['train_s'] / 60:.1f} min" if "train_s" in r else ""
+    extra = f", rollout sharpness {r['rollout_sharpness']:.2f} of the engine's" if "rollout_sharpness" in r else ""
+    extra += f", {r['train_s'] / 60:.1f} min" if "train_s" in r else ""
     return (f"TF gain/frozen {g('tf')}, rollout {g('rollout')}; camera zeroed TF {g('zero_tf')}, "
             f"rollout {g('zero_rollout')}{extra}")
 
 
 def table(results: dict[str, Any]) -> str:
     """Markdown table of a run's rows."""
-    lines = ["| variant | TF gain | rollout gain | rollout frozen | camera-zeroed TF / rollout gain | TF / rollout latent MSE | CPU min |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | TF gain | rollout gain | rollout frozen | camera-zeroed TF / rollout gain | TF / rollout latent MSE | rollout sharpness | CPU min |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in results["rows"].items():
         def f(key: str, what: str, fmt: str = "{:.2f}") -> str:
             v = r.get(key, {}).get(what)
@@ -564,8 +576,9 @@ def table(results: dict[str, Any]) -> str:
         mse = f"{r['tf_mse']:.3f} / {r['rollout_mse']:.3f}" if "tf_mse" in r else "-"
         zero = f"{f('zero_tf', 'gain')} / {f('zero_rollout', 'gain')}"
         mins = f"{(r['train_s'] + r['eval_s']) / 60:.1f}" if "train_s" in r else "-"
+        sharp = f"{r['rollout_sharpness']:.2f}" if "rollout_sharpness" in r else "-"
         lines.append(f"| {name} | {f('tf', 'gain')} | {f('rollout', 'gain')} | {f('rollout', 'frozen', '{:.0%}')} | "
-                     f"{zero} | {mse} | {mins} |")
+                     f"{zero} | {mse} | {sharp} | {mins} |")
     return "\n".join(lines)
 
 
