@@ -92,6 +92,20 @@ def test_unknown_config_key_is_named(tmp_path):
         load_world_model(path)
 
 
+def test_retired_config_keys_load_silently_at_their_old_default_and_name_the_retirement_otherwise(tmp_path):
+    """A file written before 2026-12-02 stores warp_mode and warp_residual: at the behaviour the model
+    kept it loads unchanged; a file trained with warp_residual=True cannot run without it and must say so."""
+    m = model()
+    tensors = {f"dit.{k}": v for k, v in m.state_dict().items()}
+    old = {**config_to_dict(m.cfg), "checkpoint_activations": True, "warp_mode": "bilinear", "warp_residual": False}
+    save_checkpoint(tmp_path / "old.safetensors", tensors, {"dit_config": old})
+    m2, cfg = load_world_model(tmp_path / "old.safetensors")[:2]
+    assert cfg == m.cfg and torch.equal(run(m2), run(m))
+    save_checkpoint(tmp_path / "resid.safetensors", tensors, {"dit_config": {**old, "warp_residual": True}})
+    with pytest.raises(CheckpointError, match=r"resid\.safetensors.*warp_residual=True, an option retired"):
+        load_world_model(tmp_path / "resid.safetensors")
+
+
 def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "w.safetensors"
     m = model()

@@ -37,3 +37,20 @@ def test_bad_config_keys_and_values_are_named():
         model_config("tiny", dim=100, heads=7)
     with pytest.raises(ValueError, match="attention_backend"):
         model_config("tiny", attention_backend="magic")
+
+
+@pytest.mark.parametrize(("key", "kept", "changed"), [("warp_mode", "bilinear", "bicubic"),
+                                                      ("warp_residual", False, True)])
+def test_a_retired_key_at_its_remaining_value_is_dropped_and_any_other_value_is_refused(key, kept, changed):
+    """World files written before 2026-12-02 store every retired key: with the value whose behaviour
+    the model still has they load as before; a model trained with the retired behaviour would run
+    differently without it, so it must fail naming the key and the retirement, not load."""
+    cfg = model_config("tiny", recycle_warp=True)
+    assert config_from_dict({**config_to_dict(cfg), key: kept}) == cfg
+    assert model_config("tiny", recycle_warp=True, **{key: kept}) == cfg  # an old command line, same meaning
+    with pytest.raises(ValueError, match=rf"{key}={changed!r}, an option retired on 2026-12-02: .*measured worse"):
+        config_from_dict({**config_to_dict(cfg), key: changed})
+    with pytest.raises(ValueError, match=f"{key}=.*retired"):
+        model_config("tiny", **{key: changed})
+    with pytest.raises(ValueError, match=f"{key}=1, an option retired"):  # 1 is not False: no loose equality
+        config_from_dict({**config_to_dict(cfg), key: 1})

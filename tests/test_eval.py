@@ -24,22 +24,29 @@ def tiny_world(hw=(96, 128), **dit) -> World:
                  WorldMeta(hw, k, [-32.0] * 3 + [-0.5] * 3, [32.0] * 3 + [0.5] * 3))
 
 
-def test_warp_reference_is_the_rollout_of_a_warp_residual_world_whose_output_is_zero():
-    """The eval's "warp the last latent" row claims to be the world minus its transformer's correction:
-    a warp_residual world with its output layer zeroed must roll out the very same frames, and a
-    turn must move them (a warp that ignored the grid would repeat the first frame)."""
-    world = tiny_world((32, 32), recycle_warp=True, warp_residual=True)
+def test_warp_reference_resamples_each_latent_by_the_grid_the_worlds_model_is_handed(monkeypatch):
+    """The eval's "warp the last latent" row claims to be the model's own input warp alone: each step
+    it must resample by exactly the grid the world's transformer gets for that step (same function,
+    same bilinear mode), and a turn must move the frames (a warp that ignored the grid would repeat
+    the first frame)."""
+    import train.eval as ev
+
+    world = tiny_world((32, 32), recycle_warp=True)
     rng = np.random.default_rng(0)
     first = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     actions = np.zeros((2, 3, 6))
     actions[:, :, 4] = [[0.2, 0.2, -0.1], [0.0, 0.3, 0.3]]  # yaw (rad per step)
+    seen, handed = [], []
+    warp = ev.warp_recycled
+    monkeypatch.setattr(ev, "warp_recycled", lambda z, grid, *a: seen.append((grid, a)) or warp(z, grid, *a))
     ref = warp_rollout(world, first, actions)
-    with torch.no_grad():
-        world.dit.final.linear.weight.normal_()  # a trained head: the rollouts must differ
-    assert not np.array_equal(rollout(world, first, actions, [0, 1])[0], ref)
-    world.dit.zero_output()
-    same = rollout(world, first, actions, [0, 1])[0]  # x0 = eps - (eps - warp): float rounding only
-    assert np.abs(same.astype(int) - ref.astype(int)).max() <= 1
+    model_warp = world.dit._warp
+    world.dit._warp = lambda noisy, rec, cam: handed.append(cam[:, :, -2:]) or model_warp(noisy, rec, cam)
+    rollout(world, first, actions, [0, 1])
+    assert len(seen) == len(handed) == 3
+    for (grid, extra), model_grid in zip(seen, handed):
+        assert extra == ()  # the model's mode: warp_recycled's default
+        torch.testing.assert_close(grid, model_grid.to(grid.dtype))
     assert ref.shape == (2, 1 + 3 * 4, 32, 32, 3)
     assert np.abs(ref[:, -1].astype(int) - ref[:, 1].astype(int)).mean() > 1.0
 

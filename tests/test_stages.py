@@ -224,12 +224,6 @@ def test_n_steps_equal_half_then_resume_half(tiny_root, tmp_path, name):
     assert (tmp_path / "b" / "run" / "samples" / "final.mp4").stat().st_size > 0
 
 
-@pytest.mark.parametrize("name", ["distill", "adversarial"])
-def test_reset_output_is_refused_outside_the_diffusion_stage(name):
-    with pytest.raises(ValueError, match="reset_output"):
-        StageConf(name=name, reset_output=True)
-
-
 def test_sample_frames_zero_writes_no_sample_video(tiny_root, tmp_path):
     """sample_frames=0 turns the mp4 samples off (machines whose imageio has no ffmpeg), not the training."""
     summary = build_stage(dataclasses.replace(stage_config(tiny_root, tmp_path, steps=2), sample_frames=0)).run()
@@ -288,64 +282,31 @@ def test_recycle_warp_models_train_through_diffusion_and_distillation(tiny_root,
     assert dist.run()["steps"] == 2
 
 
-def test_reset_output_starts_a_warp_residual_model_as_the_warp_and_resume_keeps_what_it_learned(tiny_root, tmp_path):
-    """`stage.reset_output` on a plain warp checkpoint: the trunk is the checkpoint's, the one-step
-    prediction is exactly the warped recycled latent, training moves the head, and a resumed run
-    keeps the trained head instead of zeroing it again."""
-    from worldmodel.dit import warp_recycled
+@pytest.mark.parametrize("key", ["stage.adversarial.regression_weight", "stage.reset_output"])
+def test_a_retired_stage_option_is_refused_not_silently_ignored(key):
+    """Hydra refuses `key=value` for a field the schema lacks, but `+key=value` adds it and
+    OmegaConf.to_object keeps it as an attribute nothing reads: `python -m train` must refuse it."""
+    from omegaconf import OmegaConf
 
-    warp = {**SMALL, "window": 4, "recycle_warp": True}
-    init = small_model(window=4)
-    init_cfg = dataclasses.replace(init.cfg, recycle_warp=True)
-    save_world_model(tmp_path / "init.safetensors", init, init_cfg)
+    from train.common import ConfigError
+    from train.stages.config import TrainConfig, check_declared
 
-    def cfg(steps, **kw):
-        c = stage_config(tiny_root, tmp_path, "diffusion", steps=steps, init=str(tmp_path / "init.safetensors"),
-                         reset_output=True)
-        return dataclasses.replace(c, model=ModelConf("tiny", {**warp, "warp_residual": True}), **kw)
-
-    st = build_stage(cfg(2))
-    m = st.model
-    assert not m.final.linear.weight.any() and not m.final.linear.bias.any()
-    for k, v in init.blocks.state_dict().items():
-        torch.testing.assert_close(m.blocks.state_dict()[k], v)
-    batch = st.stream.next(0)
-    z, cam = batch["latents"], batch["camera"]
-    eps = torch.randn(z[:, 1:].shape)
-    with torch.no_grad():
-        x0 = eps - m(eps, z[:, :-1], cam, 1.0)
-    torch.testing.assert_close(x0, warp_recycled(z[:, :-1], cam[:, :, -2:]), rtol=1e-5, atol=1e-5)
-    st.run()
-    head = st.model.final.linear.weight.clone()
-    assert head.abs().sum() > 0
-    resumed = build_stage(cfg(3, resume=True))
-    resumed.resume()
-    assert resumed.step == 2
-    torch.testing.assert_close(resumed.model.final.linear.weight, head)
+    check_declared(OmegaConf.to_object(OmegaConf.structured(TrainConfig)))  # the schema itself passes
+    conf = OmegaConf.structured(TrainConfig)
+    OmegaConf.update(conf, key, 1.0, force_add=True)
+    with pytest.raises(ConfigError, match=rf"unknown config key\(s\) \['{key}'\]"):
+        check_declared(OmegaConf.to_object(conf))
 
 
-def test_adversarial_regression_anchor_is_the_rollouts_mse_to_the_real_clip(tiny_root, tmp_path):
-    """`regression_weight` adds MSE(student-forced latents, real latents) to the generator's loss. With the
-    adversarial term switched off, the generator moves only when the anchor is on, and the logged value
-    is the MSE of the very rollout the step generated."""
-    import torch.nn.functional as F
+def test_a_run_saved_with_a_retired_option_refuses_to_resume_and_one_at_the_remaining_value_resumes():
+    """A training state stores its config: resuming a run that trained with a retired option would
+    silently train on without it (the key is no longer compared), so it must be refused by name;
+    states of ordinary runs, which store the retired keys at their old defaults, still resume."""
+    from train.stages.config import retired_settings
 
-    def stage(weight, tmp):
-        kw = adversarial_inits(tmp)
-        kw["adversarial"] = dataclasses.replace(kw["adversarial"], regression_weight=weight, extensions=0)
-        st = build_stage(stage_config(tiny_root, tmp, "adversarial", **kw))
-        seen = []
-        st.g_loss = lambda fake, cam, real, rcam: seen.append((fake.detach(), real)) or 0.0 * fake.sum()
-        return st, seen
-
-    for weight in (0.0, 1.0):
-        st, seen = stage(weight, tmp_path / str(weight))
-        before = {k: v.clone() for k, v in st.gen.state_dict().items()}
-        logs = st.train_step(st.stream.next(0), 0)
-        moved = any(not torch.equal(before[k], v) for k, v in st.gen.state_dict().items())
-        assert moved == bool(weight), weight
-        if weight:
-            fake, real = seen[0]
-            assert logs["g_regression"] == pytest.approx(F.mse_loss(fake[:, 1:], real[:, 1:]).item(), rel=1e-5)
-        else:
-            assert "g_regression" not in logs
+    old = {"stage": {"reset_output": False, "adversarial": {"regression_weight": 0.0}},
+           "model": {"size": "tiny", "overrides": {"recycle_warp": True, "warp_mode": "bilinear"}}}
+    assert retired_settings(old) == []
+    old["stage"]["adversarial"]["regression_weight"] = 1.0
+    old["model"]["overrides"]["warp_residual"] = True
+    assert retired_settings(old) == ["stage.adversarial.regression_weight=1.0", "model.overrides.warp_residual=True"]

@@ -154,6 +154,28 @@ def test_resume_with_changed_settings_is_refused_unless_allowed(tiny_root, tmp_p
     torch.set_num_threads(1)
 
 
+def test_a_run_trained_with_a_retired_option_is_refused_on_resume(tiny_root, tmp_path, monkeypatch):
+    """A state written before 2026-12-02 stores its retired keys; the resume comparison skips keys the
+    schema no longer has, so without this check a run trained with one would silently go on without it."""
+    import train.stages.loop as loop_module
+
+    loop("stage", tiny_root, tmp_path, stop_after=2).run()
+    read = loop_module.read_training_state
+
+    def old_state(path, adversarial):
+        tensors, meta = read(path)
+        meta["extra"]["config"]["stage"]["reset_output"] = False
+        meta["extra"]["config"]["stage"]["adversarial"] = {**meta["extra"]["config"]["stage"]["adversarial"],
+                                                          "regression_weight": adversarial}
+        return tensors, meta
+
+    monkeypatch.setattr(loop_module, "read_training_state", lambda path: old_state(path, 0.0))
+    assert loop("stage", tiny_root, tmp_path, resume=True).run()["steps"] == 4  # the old defaults: resumes
+    monkeypatch.setattr(loop_module, "read_training_state", lambda path: old_state(path, 1.0))
+    with pytest.raises(ConfigError, match=r"options retired on 2026-12-02 \(stage.adversarial.regression_weight=1.0"):
+        loop("stage", tiny_root, tmp_path, resume=True).run()
+
+
 @pytest.mark.parametrize("kw, key", [
     (dict(stage=dict(steps=-5)), "stage.steps"), (dict(ckpt_every=0), "ckpt_every"), (dict(log_every=0), "log_every"),
     (dict(data=dict(curriculum=[CurriculumPhase(batch_size=0)])), r"data.curriculum\[0\].batch_size"),

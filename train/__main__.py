@@ -20,7 +20,7 @@ def main() -> None:
     from train.common import command_line_exits, help_node
     from train.distributed import destroy
     from train.stages import build_stage
-    from train.stages.config import StageConf, TrainConfig
+    from train.stages.config import StageConf, TrainConfig, check_declared
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     ConfigStore.instance().store(group="hydra/help", name="train_help", node=help_node(
@@ -31,7 +31,9 @@ def main() -> None:
     def _run(conf) -> None:
         try:
             with command_line_exits():
-                build_stage(OmegaConf.to_object(conf)).run()
+                cfg = OmegaConf.to_object(conf)
+                check_declared(cfg)
+                build_stage(cfg).run()
         finally:
             destroy()
 

@@ -200,14 +200,14 @@ def rollout(
 @torch.no_grad()
 def warp_rollout(world: World, first: np.ndarray, actions: np.ndarray, show: bool | None = False) -> np.ndarray:
     """The warp alone, no transformer: each step's latent is the last one resampled by the commanded
-    rotation (`recycle_warp` worlds only; what a zero `warp_residual` output would give) -> frames
-    (B, 1 + S*fps, H, W, 3). Shows what the transformer adds to the geometry it is handed."""
+    rotation, as the model's own input warp does (`recycle_warp` worlds only) -> frames (B, 1 + S*fps, H, W, 3).
+    Shows what the transformer adds to the geometry it is handed."""
     streams = world.streams(len(first), reprojection=None)
     out = [streams.reset(first)[:, :1]]
     z = world.encode_images(first)  # (B, C, h, w): the latent the streams started from
     for k in progress(range(actions.shape[1]), "warp the last latent", show):
         grid = streams.gen.warp_grid(actions[:, k])  # (B, 2, h, w)
-        z = warp_recycled(z[:, None], grid[:, None], world.cfg.warp_mode)[:, 0]
+        z = warp_recycled(z[:, None], grid[:, None])[:, 0]
         out.append(video_to_uint8(streams.decoder.step(z)))
     return np.concatenate(out, axis=1)
 

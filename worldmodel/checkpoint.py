@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from worldmodel.config import RETIRED_DIT_KEYS, CameraStats, DiTConfig, config_to_dict, dataclass_from_dict
+from worldmodel.config import CameraStats, DiTConfig, config_to_dict, dataclass_from_dict, drop_retired
 
 FORMAT = "worldmodel/1"
 CHECKSUM_KEY = "sha256"
@@ -355,7 +355,10 @@ def dit_config_from_meta(meta: Mapping[str, Any], path: str | Path) -> DiTConfig
     """The transformer config of a world-model file."""
     raw = meta.get("dit_config")
     if isinstance(raw, Mapping):  # older files store keys that no longer configure the model
-        meta = {**meta, "dit_config": {k: v for k, v in raw.items() if k not in RETIRED_DIT_KEYS}}
+        try:
+            meta = {**meta, "dit_config": drop_retired(raw)}
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {path} cannot be loaded: {e}") from e
     return config_from_meta(meta, "dit_config", DiTConfig, path, kind="world-model file")
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -57,18 +58,10 @@ class DiTConfig:
     camera_channels_per_frame: int = 6
     """Plücker channels per video frame: ray origin (3) + unit direction (3)."""
     recycle_warp: bool = False
-    """Warp the recycled latent by the step's commanded rotation before the model sees it. The
+    """Warp the recycled latent by the step's commanded rotation (bilinear) before the model sees it. The
     camera input then carries 2 more channels, the sampling grid (`camera.rotation_warp_grid`),
     after the Plücker ones. A departure from AAPT's plain recycling: a small model on little
     compute learns to move the picture with the camera from it (docs/training.md)."""
-    warp_mode: str = "bilinear"
-    """Interpolation of the recycled-latent warp: 'bilinear' or 'bicubic' (keeps more detail
-    when a rollout resamples its own output step after step)."""
-    warp_residual: bool = False
-    """Predict the clean latent as a correction of the warped recycled latent: x0 = warp(recycled)
-    + output, returned as the velocity (x_t - x0) / max(t, 0.05). Where the model is unsure it
-    then keeps the moved picture instead of averaging it into a blur. Needs `recycle_warp`; not in
-    AAPT (docs/training.md, fifth round)."""
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -79,12 +72,8 @@ class DiTConfig:
             raise ValueError(
                 f"attention_backend={self.attention_backend!r}; expected 'auto', 'sdpa', 'flex' or 'flash'"
             )
-        if self.warp_mode not in ("bilinear", "bicubic"):
-            raise ValueError(f"warp_mode={self.warp_mode!r}; expected 'bilinear' or 'bicubic'")
         if self.window < 1:
             raise ValueError(f"window={self.window} must be >= 1")
-        if self.warp_residual and not self.recycle_warp:
-            raise ValueError("warp_residual=True needs recycle_warp=True (the residual is taken over the warped latent)")
         self.rope_ref_grid = tuple(self.rope_ref_grid)  # hydra hands lists
 
     @property
@@ -131,7 +120,7 @@ def from_registry(cls: type, sizes: dict[str, dict[str, Any]], name: str, overri
 
 def model_config(name: str, **overrides: Any) -> DiTConfig:
     """A fresh config from the size registry, with field overrides."""
-    return from_registry(DiTConfig, _SIZES, name, overrides)
+    return from_registry(DiTConfig, _SIZES, name, drop_retired(overrides, "model override"))
 
 
 def model_sizes() -> list[str]:
@@ -146,14 +135,43 @@ def config_to_dict(cfg: DiTConfig) -> dict[str, Any]:
     return d
 
 
-RETIRED_DIT_KEYS = frozenset({"checkpoint_activations"})
-"""Keys older world files store that no longer configure the model: activation checkpointing is
-applied by `worldmodel.parallel.parallelize` (ParallelConfig.activation_checkpointing)."""
+@dataclass(frozen=True)
+class Retired:
+    """A DiTConfig key that older files (and old commands) set but that no longer configures the model."""
+
+    remains: tuple[Any, ...]
+    """Values that ask for the behaviour the model still has: dropped silently."""
+    why: str
+    """What the option did and why it went; any other value raises with it."""
+
+
+RETIRED_DIT_KEYS: dict[str, Retired] = {
+    "checkpoint_activations": Retired((False, True), "activation checkpointing is applied by "
+                                      "worldmodel.parallel.parallelize (ParallelConfig.activation_checkpointing)"),
+    "warp_mode": Retired(("bilinear",), "it chose the recycled-latent warp's interpolation, now always bilinear; "
+                         "bicubic measured worse (docs/training.md, third CPU round)"),
+    "warp_residual": Retired((False,), "it made the output a correction of the warped recycled latent; measured "
+                             "worse: the picture barely turned (yaw gain 0.02 against 0.28; docs/training.md, "
+                             "fifth CPU round)"),
+}
+"""Retired DiTConfig keys (docs/design.md, "Retired options"); the bundled world's file stores all three."""
+
+
+def drop_retired(d: Mapping[str, Any], what: str = "dit_config") -> dict[str, Any]:
+    """`d` without its retired keys; a retired key set to a value whose behaviour is gone is a ValueError."""
+    for key, value in d.items():
+        old = RETIRED_DIT_KEYS.get(key)
+        if old is not None and not any(matches_type(value, type(r)) and value == r for r in old.remains):
+            raise ValueError(
+                f"{what} sets {key}={value!r}, an option retired on 2026-12-02: {old.why}. A model trained with it "
+                f"behaves differently without it; run it from a checkout before the retirement "
+                f"(git log -S {key})")
+    return {k: v for k, v in d.items() if k not in RETIRED_DIT_KEYS}
 
 
 def config_from_dict(d: dict[str, Any]) -> DiTConfig:
     """Rebuild a config from `config_to_dict` output; unknown keys and wrong types are errors."""
-    return dataclass_from_dict(DiTConfig, {k: v for k, v in d.items() if k not in RETIRED_DIT_KEYS})
+    return dataclass_from_dict(DiTConfig, drop_retired(d))
 
 
 def type_name(tp: Any) -> str:

@@ -29,10 +29,6 @@ from worldmodel.kv_cache import FrameCache, KVCache
 from worldmodel.rope import PositionPlan, Rope3D
 
 
-RESIDUAL_MIN_T = 0.05
-"""With `warp_residual`, the velocity divides by max(t, this): below it, errors in x0 would blow up."""
-
-
 def warp_recycled(recycled: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Resample recycled latents (B, F, C, h, w) at grid (B, F, 2, h, w) (`camera.rotation_warp_grid`).
 
@@ -233,11 +229,6 @@ class WorldDiT(nn.Module):
             nn.init.zeros_(blk.ada[-1].bias)
         nn.init.zeros_(self.final.ada[-1].weight)
         nn.init.zeros_(self.final.ada[-1].bias)
-        self.zero_output()
-
-    @torch.no_grad()
-    def zero_output(self) -> None:
-        """Zero the output projection: the model's raw output is 0 until it learns otherwise."""
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)
 
@@ -270,15 +261,8 @@ class WorldDiT(nn.Module):
             if x.ndim != 5 or x.shape[2] != ch:
                 raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (B, F, {ch}, h, w)")
         if cfg.recycle_warp:
-            return warp_recycled(recycled, camera[:, :, -2:], cfg.warp_mode), camera[:, :, :-2]
+            return warp_recycled(recycled, camera[:, :, -2:]), camera[:, :, :-2]
         return recycled, camera
-
-    def _velocity(self, out: torch.Tensor, noisy: torch.Tensor, warped: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The output layer's (B, F, C, h, w) as a velocity; with `warp_residual` it is x0 - warped."""
-        if not self.cfg.warp_residual:
-            return out
-        tt = t.clamp(min=RESIDUAL_MIN_T)[:, :, None, None, None].to(out.dtype)  # t -> 0 would amplify errors
-        return (noisy - (warped + out)) / tt
 
     def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         p = self.cfg.patch_size
@@ -330,8 +314,7 @@ class WorldDiT(nn.Module):
         x = x.view(B, Fr, N, x.shape[-1])  # (B, F, N, D)
         if self.logit_head is not None:
             return self.logit_head(x)
-        out = self._unpatchify(self.final(x, temb), grid)
-        return self._velocity(out, noisy, warped, tf)
+        return self._unpatchify(self.final(x, temb), grid)
 
     def _embed_context(self, context: torch.Tensor | None, B: int) -> torch.Tensor | None:
         if context is None:
@@ -407,4 +390,4 @@ class WorldDiT(nn.Module):
         x = x[:, None]  # (B, 1, N, D)
         if self.logit_head is not None:
             return self.logit_head(x)[:, 0]
-        return self._velocity(self._unpatchify(self.final(x, temb), grid), noisy[:, None], warped, tf)[:, 0]
+        return self._unpatchify(self.final(x, temb), grid)[:, 0]

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F_nn
 
 from train.dataset import ClipDataset, DatasetConfig
 from train.losses import approx_r_penalty, discriminator_loss, generator_loss
@@ -116,9 +115,8 @@ class AdversarialStage(Stage):
         video = torch.cat([z[:, :1], roll.run(cam, self.randn(z[:, 1:].shape))], 1)  # (B, 1+F, ...)
         segments = [(video, cam, z, cam)]  # (fake, fake camera, real, real camera)
         g = self.g_loss(video, cam, z, cam)
-        reg = F_nn.mse_loss(video[:, 1:].float(), z[:, 1:].float()) if adv.regression_weight else None
-        self.guard({"g_loss": g} if reg is None else {"g_loss": g, "g_regression": reg})
-        (g if reg is None else g + adv.regression_weight * reg).backward()
+        self.guard({"g_loss": g})
+        g.backward()
         g_losses = [g.item()]
         hist, hist_cam = video.detach(), cam
         for _ in range(adv.extensions):
@@ -147,8 +145,6 @@ class AdversarialStage(Stage):
             for k, v in d.items():
                 logs[k] = logs.get(k, 0.0) + v.item() / len(segments)
         gnorm_d = self.update(self.opt_d, self.disc)
-        if reg is not None:
-            logs["g_regression"] = reg.item()
         return {"g_loss": float(np.mean(g_losses)), **logs, "g_loss_last_segment": g_losses[-1],
                 "grad_norm_g": gnorm_g, "grad_norm_d": gnorm_d, "frames_generated": float(hist.shape[1] - 1)}
 

@@ -6,10 +6,12 @@ documented here. Paper-scale values are in the docstrings where we scale them do
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar
 
-from train.common import ConfigError
+from train.common import ConfigError, flat_config
+from worldmodel.config import drop_retired
 from worldmodel.parallel import ParallelConfig
 
 STAGES = ("diffusion", "distill", "adversarial")
@@ -102,6 +104,44 @@ class DataConf:
     Set it to fine-tune an older model into another normalisation (its camera projection re-learns)."""
 
 
+def check_declared(cfg: Any, prefix: str = "") -> None:
+    """Raise ConfigError for a key that no field of config dataclass `cfg` (or one inside it) declares.
+
+    Hydra's `+stage.key=value` adds such keys and OmegaConf.to_object keeps them as plain attributes
+    that nothing reads, so a retired option (docs/design.md, "Retired options") would be ignored silently.
+    """
+    names = [f.name for f in fields(cfg)]
+    extra = sorted(set(vars(cfg)) - set(names))
+    if extra:
+        raise ConfigError(f"unknown config key(s) {[prefix + k for k in extra]}: no field of {type(cfg).__name__} "
+                          f"declares them (train/stages/config.py; retired options: docs/design.md)")
+    for name in names:
+        value = getattr(cfg, name)
+        if is_dataclass(value):
+            check_declared(value, f"{prefix}{name}.")
+
+
+RETIRED_STAGE_KEYS: dict[str, Any] = {"stage.reset_output": False, "stage.adversarial.regression_weight": 0.0}
+"""Stage options retired on 2026-12-02 (docs/design.md, "Retired options"), each with the value that asked
+for the behaviour that remains."""
+
+
+def retired_settings(saved: Mapping[str, Any]) -> list[str]:
+    """'key=value' of each retired option a saved training config set to a behaviour that is gone
+    (stage keys, and DiTConfig keys under model.overrides): a run trained with one cannot continue."""
+    bad = []
+    for key, value in flat_config(saved).items():
+        if key in RETIRED_STAGE_KEYS:
+            if value != RETIRED_STAGE_KEYS[key]:
+                bad.append(f"{key}={value!r}")
+        elif key.startswith("model.overrides."):
+            try:
+                drop_retired({key.removeprefix("model.overrides."): value})
+            except ValueError:
+                bad.append(f"{key}={value!r}")
+    return bad
+
+
 @dataclass
 class DistillConf:
     """Consistency distillation (supplementary D)."""
@@ -132,10 +172,6 @@ class AdversarialConf:
     """Long-video segments generated after the first (paper: 0, then 1, then 5)."""
     overlap: int = 2
     """Latent frames each extension segment shares with the previous one (paper: 6 = 1 s)."""
-    regression_weight: float = 0.0
-    """Weight of an MSE between the student-forced latents of the first segment and the real clip's (0 = the
-    paper's pure adversarial objective). Not in AAPT: it anchors the rollout to the commanded camera at small
-    budgets, where the adversarial signal alone was measured to lose the turn (docs/training.md)."""
     teacher_forcing: bool = False
     """Supplementary F: generator predicts in parallel from ground truth; D scores each output against the real past."""
     world_out: str = ""
@@ -160,21 +196,12 @@ class StageConf:
     """Timestep shift s of shift(t, s) = s t / (1 + (s - 1) t)."""
     init: str = ""
     """Weights to start from: '' = fresh init (diffusion), else a checkpoint written by the previous stage."""
-    reset_output: bool = False
-    """Diffusion only: zero the output layer after loading `init`, so the model starts predicting
-    x0 = 0, or with `model.overrides.warp_residual` the warped previous latent (a new output meaning
-    on a trained trunk). A resumed run keeps its trained output layer."""
     recycle: bool = True
     """False = supplementary G ablation: the recycled input is zero except for the first frame (every stage)."""
     distill: DistillConf = field(default_factory=DistillConf)
     """Consistency distillation options."""
     adversarial: AdversarialConf = field(default_factory=AdversarialConf)
     """Adversarial options."""
-
-    def __post_init__(self) -> None:
-        if self.reset_output and self.name != "diffusion":
-            raise ValueError(f"stage.reset_output is read by the diffusion stage only (stage.name={self.name!r}): "
-                             f"a distilled or adversarial model starts from its init's output layer")
 
 
 @dataclass

@@ -34,8 +34,6 @@ class DiffusionStage(Stage):
 
     def build(self) -> None:
         self.model = self.new_model(self.cfg.stage.init)
-        if self.cfg.stage.reset_output:
-            self.model.zero_output()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.stage.lr,
                                      weight_decay=self.cfg.stage.weight_decay)
         self.models, self.optimizers = {"model": self.model}, {"opt": self.opt}

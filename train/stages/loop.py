@@ -50,7 +50,7 @@ from train.distributed import DistInfo, init_distributed
 from train.sharded_state import gather_states, scatter_states, unsharded_copy
 from train.latents import load_frozen_vae
 from train.rollout import sample_rollout
-from train.stages.config import LoopConf, TrainConfig
+from train.stages.config import LoopConf, TrainConfig, retired_settings
 from train.stages.data import ClipStream
 from worldmodel.checkpoint import CheckpointError, load_meta, load_modules, save_world_model
 from worldmodel.config import CameraStats, DiTConfig, model_config
@@ -251,6 +251,11 @@ class TrainingLoop:
         if extra.get("stage", self.name) != self.name:
             raise CheckpointError(f"{self.state_path} holds a {extra.get('stage')!r} run, not {self.name!r}; "
                                   f"use another run_dir")
+        retired = retired_settings(extra.get("config") or {})
+        if retired:
+            raise ConfigError(f"{self.state_path} was trained with options retired on 2026-12-02 "
+                              f"({', '.join(retired)}; docs/design.md, 'Retired options') and would train differently "
+                              f"without them; start a new run_dir, or resume it from a checkout before the retirement")
         allowed = (*self.cfg.FREE, *self.cfg.resume_changes)
         changed = config_changes(extra.get("config") or {}, self.cfg, allowed)
         if changed:
