@@ -273,17 +273,52 @@ def test_training_resume_is_exact(doom_root, tmp_path):
     assert [r for r in rows if '"loss"' in r].__len__() == 4  # no duplicate rows after resume
 
 
-def test_light_phase_trains_only_the_light_decoder(doom_root, tmp_path):
+@pytest.mark.parametrize("phase, trained", [("light", "light_decoder."), ("full", "decoder.")])
+def test_decoder_phases_train_only_their_decoder(doom_root, tmp_path, phase, trained):
+    """Guards the frozen latent space: phase=light / full change that decoder's weights and nothing else."""
     from train.vae import train_vae
 
     train_vae(small_train_cfg(doom_root, tmp_path, steps=2))
     before = load_vae(tmp_path / "vae.safetensors").state_dict()
-    out = train_vae(small_train_cfg(doom_root, tmp_path, phase="light", steps=2, lr=1e-2))
+    out = train_vae(small_train_cfg(doom_root, tmp_path, phase=phase, steps=2, lr=1e-2, first_weight=4.0))
     after = load_vae(tmp_path / "vae.safetensors").state_dict()
     for k in before:
         same = torch.equal(before[k], after[k])
-        assert same != k.startswith("light_decoder."), k
-    assert "psnr_full" in out and "psnr_light" in out and out["val_maps"] == ["freedoom2:MAP25"]
+        assert same != k.startswith(trained), k
+    for key in ("psnr", "psnr_start", "sharp", "sharp_start", "sharp_start_inner"):
+        assert f"{key}_full" in out and f"{key}_light" in out, key
+    assert out["sharp_real"] > 0 and out["val_maps"] == ["freedoom2:MAP25"]
+
+
+def test_first_weight_weighs_frame_zero():
+    """Guards `first_weight`: 1 is the plain L1 + MSE mean; w counts frame 0 as w frames of the clip."""
+    from train.vae import recon_loss
+
+    target = torch.zeros(2, 5, 3, 4, 4)
+    pred = target.clone()
+    pred[:, 0] = 0.5  # error in frame 0 only: L1 0.5, MSE 0.25 there
+    plain = recon_loss(pred, target, mse_weight=1.0)
+    assert torch.allclose(plain, torch.tensor(0.75 / 5))
+    assert torch.allclose(recon_loss(pred, target, 1.0, first_weight=1.0), plain)
+    assert torch.allclose(recon_loss(pred, target, 1.0, first_weight=4.0), torch.tensor(4 * 0.75 / 8))
+    x, y = torch.randn(2, 5, 3, 4, 4), torch.randn(2, 5, 3, 4, 4)  # the weighted path at w = 1 is the plain mean
+    w1 = (x - y).abs().mean((0, 2, 3, 4)) + (x - y).pow(2).mean((0, 2, 3, 4))
+    assert torch.allclose(recon_loss(x, y, 1.0), w1.mean())
+
+
+def test_start_frame_metrics_equal_the_frame_encoded_alone(vae):
+    """Guards the start-frame PSNR: frame 0 of a clip scores as the first image encoded and decoded alone."""
+    from train.vae import evaluate, psnr, sharpness
+
+    x = video(9)
+    out = evaluate(vae, x)
+    with torch.no_grad():
+        alone = vae.decode(vae.encode(x[:, :1]), light=True)  # (B, 1, 3, H, W)
+    assert out["psnr_start_light"] == pytest.approx(float(psnr(alone, x[:, :1]).mean()), abs=1e-4)
+    assert out["sharp_start_light"] == pytest.approx(float(sharpness(alone).mean()), rel=1e-4)
+    assert out["sharp_start_real"] == pytest.approx(float(sharpness(x[:, :1]).mean()), rel=1e-6)
+    inner = float(sharpness(x[:, :1, :, 8:-8, 8:-8]).mean())
+    assert out["sharp_start_inner_real"] == pytest.approx(inner, rel=1e-6)
 
 
 def test_adversarial_light_phase_trains_against_a_discriminator_and_resumes_exactly(doom_root, tmp_path, monkeypatch):

@@ -6,6 +6,8 @@
 - `phase=light`: loads `init` (the recon output), freezes the encoder and the full decoder, and
   trains the lightweight decoder to match the full decoder's output (plus the ground truth),
   then overwrites `out` with all three parts.
+- `phase=full`: loads `init`, freezes the encoder and the light decoder, and trains the full
+  decoder again on the ground truth (the latent space, and every transformer trained on it, stays).
 
 Data: shards of `train/shards.py` under `data_root` (`data/doom`, written by
 `python -m train.collect`): split `train` (freedoom2 MAP01-24) for training, `val`
@@ -42,7 +44,7 @@ from train.vae_disc import PatchDiscriminator
 from worldmodel.threads import use_threads
 from worldmodel.vae import CausalVAE, load_vae, save_vae, vae_config
 
-PHASES = ("recon", "light", "eval")
+PHASES = ("recon", "light", "full", "eval")
 
 
 @dataclass
@@ -50,7 +52,8 @@ class TrainVAEConfig(LoopConf):
     """Options of `python -m train.vae` (hydra: `key=value` on the command line); the loop's are LoopConf's."""
 
     phase: str = "recon"
-    """'recon' (encoder + full decoder), 'light' (light decoder distilled from the full one) or 'eval' (PSNR of `init`)."""
+    """'recon' (encoder + full decoder), 'light' (light decoder distilled from the full one), 'full' (the full decoder
+    retrained on the ground truth, encoder frozen) or 'eval' (held-out PSNR and sharpness of `init`)."""
     size: str = "tiny"
     """VAE registry name (worldmodel.vae.vae_config)."""
     vae: dict[str, Any] = field(default_factory=dict)
@@ -86,10 +89,14 @@ class TrainVAEConfig(LoopConf):
     """Weight of the per-element mean KL to N(0, 1) (recon phase)."""
     mse_weight: float = 1.0
     """Weight of the MSE term added to L1 in every reconstruction loss."""
+    first_weight: float = 1.0
+    """Weight of video frame 0 (the single-image first latent, decoded with no past: the world's start frame)
+    relative to every other frame in the reconstruction losses. 1 = a plain mean over frames; a 13-frame clip
+    then gives the start frame 1/13 of the loss."""
     distill_weight: float = 1.0
     """Light phase: weight of matching the full decoder's output."""
     gt_weight: float = 0.5
-    """Light phase: weight of matching the ground-truth frames."""
+    """Light and full phases: weight of matching the ground-truth frames."""
     adv_weight: float = 0.0
     """Light phase: weight of a patch discriminator's relativistic loss on the decoded frames (0 = off).
     Sharpens the textures that L1/MSE average away (train/vae_disc.py); the latent space is untouched."""
@@ -108,7 +115,7 @@ class TrainVAEConfig(LoopConf):
     eval_frames: int = 9
     """Video frames per held-out clip (1 + 4k)."""
     eval_clips: int = 64
-    """Held-out clips (clip_frames each, full frames) for the PSNR at the end of a phase."""
+    """Held-out clips (eval_frames each, full frames) for the PSNR and sharpness at the end of a phase."""
     stats_clips: int = 64
     """Training clips used to measure latent mean/std (recon phase)."""
     run_dir: str = "runs/vae_tiny"
@@ -116,7 +123,7 @@ class TrainVAEConfig(LoopConf):
     out: str = "checkpoints/vae_tiny.safetensors"
     """Where the trained VAE is written at the end of the phase."""
     init: str = "checkpoints/vae_tiny.safetensors"
-    """Light phase: the recon-phase VAE to start from."""
+    """Light and full phases: the VAE to start from (its encoder stays frozen); eval: the VAE measured."""
 
     FREE: ClassVar[tuple[str, ...]] = (*LoopConf.FREE, "steps", "val_root", "eval_frames", "eval_clips", "stats_clips")
 
@@ -126,6 +133,7 @@ class TrainVAEConfig(LoopConf):
         for key in ("steps", "batch_size", "clip_frames", "height", "width", "crop_h", "crop_w"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         require(self.warmup >= 0, "warmup", self.warmup, "must be >= 0")
+        require(self.first_weight >= 0, "first_weight", self.first_weight, "must be >= 0")
 
 
 # ----------------------------------------------------------------------------- data
@@ -243,9 +251,19 @@ def render_doom_shards(
 # ----------------------------------------------------------------------------- losses, metrics
 
 
-def recon_loss(pred: Tensor, target: Tensor, mse_weight: float) -> Tensor:
-    """L1 (sharp edges) + weighted MSE (what PSNR measures)."""
-    return F.l1_loss(pred, target) + mse_weight * F.mse_loss(pred, target)
+def recon_loss(pred: Tensor, target: Tensor, mse_weight: float, first_weight: float = 1.0) -> Tensor:
+    """L1 (sharp edges) + weighted MSE (what PSNR measures) of videos (B, T, 3, H, W); frame 0 weighs `first_weight`."""
+    if first_weight == 1.0:
+        return F.l1_loss(pred, target) + mse_weight * F.mse_loss(pred, target)
+    err = pred - target
+    return frame_weighted(err.abs().mean((0, 2, 3, 4)) + mse_weight * err.pow(2).mean((0, 2, 3, 4)), first_weight)
+
+
+def frame_weighted(per_frame: Tensor, first_weight: float) -> Tensor:
+    """Weighted mean of per-frame losses (T,), frame 0 weighing `first_weight` and every other frame 1."""
+    w = torch.ones_like(per_frame)
+    w[0] = first_weight
+    return (w * per_frame).sum() / w.sum()
 
 
 def kl_loss(mean: Tensor, logvar: Tensor) -> Tensor:
@@ -259,17 +277,40 @@ def psnr(pred: Tensor, target: Tensor) -> Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
+def sharpness(video: Tensor, border: int = 0) -> Tensor:
+    """Per-frame Laplacian variance (0-255 gray, worldmodel.metrics.frame_stats) of videos (..., T, 3, H, W) in [-1, 1],
+    `border` pixels cut off each side first (a decoder's edge artifacts can dominate the whole-frame figure)."""
+    from worldmodel.metrics import frame_stats
+
+    if border:
+        video = video[..., border:-border, border:-border]
+    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).flatten(0, -4).permute(0, 2, 3, 1).numpy()
+    return torch.from_numpy(frame_stats(frames)["sharpness"]).float().view(video.shape[:-3])
+
+
 @torch.no_grad()
 def evaluate(vae: CausalVAE, clips: Tensor, batch: int = 8) -> dict[str, float]:
-    """Mean per-frame PSNR of encode -> decode for the full and the light decoder."""
+    """Encode -> decode quality of clips (N, T, 3, H, W), full and light decoder: mean per-frame PSNR over whole
+    clips (`psnr_*`), PSNR of frame 0 alone (`psnr_start_*`: the single-image first latent decoded with no past,
+    the world's start frame; the VAE is causal, so it equals encoding and decoding that frame alone) and
+    sharpness (Laplacian variance) of all frames and of frame 0 (`sharp_*`, `sharp_start_*`; `*_real`: the truth),
+    and of frame 0 without its outer 8 pixels (`sharp_start_inner_*`: a line along the frame edge is an artifact, not
+    detail, yet it alone can double the whole-frame figure of these blurry decodings)."""
     vae.eval()
-    out: dict[str, list[Tensor]] = {"psnr_full": [], "psnr_light": []}
+    out: dict[str, list[Tensor]] = {}
     for i in range(0, len(clips), batch):
         x = clips[i : i + batch]
         z = vae.encode(x)
-        out["psnr_full"].append(psnr(vae.decode(z, light=False), x).flatten())
-        out["psnr_light"].append(psnr(vae.decode(z, light=True), x).flatten())
-    return {k: float(torch.cat(v).mean()) for k, v in out.items()}
+        for name, video in (("real", x), ("full", vae.decode(z, light=False)), ("light", vae.decode(z, light=True))):
+            s = sharpness(video)  # (b, T)
+            parts = {f"sharp_{name}": s, f"sharp_start_{name}": s[:, 0],
+                     f"sharp_start_inner_{name}": sharpness(video[:, :1], border=8)[:, 0]}
+            if name != "real":
+                p = psnr(video, x)  # (b, T)
+                parts.update({f"psnr_{name}": p, f"psnr_start_{name}": p[:, 0]})
+            for k, v in parts.items():
+                out.setdefault(k, []).append(v.flatten())
+    return {k: float(torch.cat(v).mean()) for k, v in sorted(out.items())}
 
 
 @torch.no_grad()
@@ -292,19 +333,19 @@ def lr_at(step: int, cfg: TrainVAEConfig) -> float:
 
 
 def build(cfg: TrainVAEConfig) -> tuple[CausalVAE, list[torch.nn.Parameter]]:
-    """The VAE for this phase and the parameters it trains (light: frozen encoder + full decoder)."""
+    """The VAE for this phase and the parameters it trains (light / full: that decoder only, the rest frozen)."""
     if cfg.phase == "recon":
         vae = CausalVAE(vae_config(cfg.size, **cfg.vae))
         params = list(vae.encoder.parameters()) + list(vae.decoder.parameters())
-    elif cfg.phase == "light":
+    elif cfg.phase in ("light", "full"):
         vae = light_phase_vae(cfg)
         for p in vae.parameters():
             p.requires_grad_(False)
-        params = list(vae.light_decoder.parameters())
+        params = list((vae.light_decoder if cfg.phase == "light" else vae.decoder).parameters())
         for p in params:
             p.requires_grad_(True)
     else:
-        raise ValueError(f"phase={cfg.phase!r}; expected 'recon' or 'light'")
+        raise ValueError(f"phase={cfg.phase!r}; expected 'recon', 'light' or 'full'")
     return vae, params
 
 
@@ -323,7 +364,7 @@ LIGHT_FIELDS = ("name", "light_decoder_channels", "light_decoder_blocks")
 
 
 def light_phase_vae(cfg: TrainVAEConfig) -> CausalVAE:
-    """The VAE for `phase=light`: encoder, full decoder and latent stats from `init`, light decoder per this config.
+    """The VAE for `phase=light` / `full`: encoder, full decoder and latent stats from `init`, light decoder per this config.
 
     The light decoder's shape comes from the current config (it is what this phase trains);
     its weights are carried over from `init` only when the shapes agree.
@@ -354,18 +395,19 @@ def phase_losses(
         mean, logvar = vae.encode_posterior(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()  # reparameterised sample
         pred = vae.decode_raw(z)
-        rec = recon_loss(pred, x, cfg.mse_weight)
+        rec = recon_loss(pred, x, cfg.mse_weight, cfg.first_weight)
         kl = kl_loss(mean, logvar)
         return {"loss": rec + cfg.kl_weight * kl, "recon": rec, "kl": kl}, pred
+    light = cfg.phase == "light"
     with torch.no_grad():
         mean, logvar = vae.encode_posterior(x)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        target = vae.decode_raw(z) if cfg.distill_weight else None
-    pred = vae.decode_raw(z, light=True)
-    gt = recon_loss(pred, x, cfg.mse_weight)
+        target = vae.decode_raw(z) if light and cfg.distill_weight else None
+    pred = vae.decode_raw(z, light=light)
+    gt = recon_loss(pred, x, cfg.mse_weight, cfg.first_weight)
     losses = {"gt": gt, "loss": cfg.gt_weight * gt}
     if target is not None:
-        losses["distill"] = recon_loss(pred, target, cfg.mse_weight)
+        losses["distill"] = recon_loss(pred, target, cfg.mse_weight, cfg.first_weight)
         losses["loss"] = losses["loss"] + cfg.distill_weight * losses["distill"]
     if disc is not None:
         losses["adv"] = generator_loss(disc(pred.flatten(0, 1)), real_logits)
@@ -390,7 +432,7 @@ def disc_step(
 
 
 class VAEPhase(TrainingLoop):
-    """One training phase of the VAE ('recon' or 'light'): a run of the stages' training loop."""
+    """One training phase of the VAE ('recon', 'light' or 'full'): a run of the stages' training loop."""
 
     def __init__(self, cfg: TrainVAEConfig) -> None:
         super().__init__(cfg, Path(cfg.run_dir) / cfg.phase)
@@ -492,7 +534,7 @@ def evaluate_split(vae: CausalVAE, cfg: TrainVAEConfig) -> dict[str, Any]:
 
 
 def eval_vae(cfg: TrainVAEConfig) -> dict[str, Any]:
-    """`phase=eval`: held-out PSNR of the VAE at `init`."""
+    """`phase=eval`: held-out PSNR and sharpness of the VAE at `init`."""
     use_threads(cfg.threads)
     out = {"checkpoint": cfg.init, **evaluate_split(load_vae(cfg.init), cfg)}
     print(json.dumps(out, indent=1))
