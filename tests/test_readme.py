@@ -59,6 +59,10 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "python -m worldmodel.parallel.plan --model paper-8b --gpus 256 --cp 8": (RUN,),
     "python -m train.eval --quick": ("tests/test_eval.py::test_quick_eval_end_to_end_on_a_random_world",),
     "python -m train.eval_response --quick": ("tests/test_eval_response.py::test_quick_report_on_the_bundled_world",),
+    "python -m agents.train_ppo --env dream --steps 200000 --max-minutes 38 --run dream_ppo":
+        ("tests/test_agents_ppo.py::test_train_command_writes_policy_tensorboard_and_summary",),
+    "python -m agents.policy_eval --policy outputs/agents/dream_ppo/policy.zip":
+        ("tests/test_agents_ppo.py::test_policy_eval_prints_real_dream_and_world_models_numbers",),
 }
 """README command -> how it is checked (see the module docstring)."""
 
