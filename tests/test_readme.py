@@ -59,6 +59,7 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "python -m worldmodel.parallel.plan --model paper-8b --gpus 256 --cp 8": (RUN,),
     "python -m train.eval --quick": ("tests/test_eval.py::test_quick_eval_end_to_end_on_a_random_world",),
     "python -m train.eval_response --quick": ("tests/test_eval_response.py::test_quick_report_on_the_bundled_world",),
+    "python -m train.heads": ("tests/test_heads.py::test_train_heads_command_runs_from_its_hydra_config",),
     "python -m agents.train_ppo --env dream --steps 200000 --max-minutes 38 --run dream_ppo":
         ("tests/test_agents_ppo.py::test_train_command_writes_policy_tensorboard_and_summary",),
     "python -m agents.policy_eval --policy outputs/agents/dream_ppo/policy.zip":
