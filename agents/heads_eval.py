@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from agents.heads_data import collect_split
+from agents.policy_envs import dream_env, task_for
 from agents.task_eval import play, random_policy
-from envs.world import WorldEnv
 from envs.tasks import TakeCover, blocked_labels
 from worldmodel.heads import WorldHeads
 from worldmodel.world import World
@@ -107,9 +107,8 @@ def heads_metrics(heads: WorldHeads, data: dict[str, np.ndarray]) -> dict[str, f
 
 def dream_survival(world: World, episodes: int, seed: int = 0) -> list[float]:
     """Returns (TakeCover: tics survived) of `episodes` dream episodes, uniform random policy, latent mode."""
-    task = TakeCover(max_strafe=world.heads.cfg.bounds[0], frames_per_step=world.frames_per_step)
-    env = WorldEnv(world=world, task=task, obs_mode="latent", threads=torch.get_num_threads())
-    return play(env, random_policy(len(task.components)), episodes, seed)
+    task = task_for(world)
+    return play(dream_env(world, "latent", task), random_policy(len(task.components)), episodes, seed)
 
 
 def main(argv: list[str] | None = None) -> dict:
