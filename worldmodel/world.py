@@ -198,12 +198,13 @@ class World:
         vcfg = config_from_meta(meta, "vae_config", VAEConfig, path)
         stats = camera_stats_from_meta(meta, path)
         wm = world_meta_from_dict(meta, path)
+        index = read_tensor_index(path)
         try:
-            check_world_parts(wm, cfg, vcfg, read_tensor_index(path).get("start_frames"))
+            check_world_parts(wm, cfg, vcfg, index.get("start_frames"))
         except ValueError as e:
             raise CheckpointError(f"world file {path} is inconsistent: {e}") from e
         builders = {"dit": lambda: WorldDiT(cfg), "vae": lambda: CausalVAE(vcfg)}
-        heads = heads_builder(meta, read_tensor_index(path), path)
+        heads = heads_builder(meta, index, path)
         if heads is not None:
             builders["heads"] = heads
         modules, tensors = load_modules(path, builders, device)
