@@ -590,14 +590,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def headline(results: dict[str, Any]) -> str:
     """A small text table of the main numbers."""
     gain = lambda c: "-" if c.get("yaw_gain") is None else f"{c['yaw_gain']:.2f}"  # noqa: E731
+    frozen = lambda c: "-" if c.get("yaw_frozen_share") is None else f"{c['yaw_frozen_share']:.2f}"  # noqa: E731
     lines = [f"{'method':<18} {'TF PSNR':>8} {'TF SSIM':>8} {'AR PSNR@last':>13} {'RotErr deg':>11} {'est. ok':>8}"
-             f" {'yaw gain':>9}"]
+             f" {'yaw gain':>9} {'frozen':>7}"]
     for name, m in results["methods"].items():
         ar = m["autoregressive"]["psnr"]
         last = ar[max(ar, key=int)] if ar else float("nan")
         lines.append(f"{name:<18} {m['teacher_forced']['psnr']:>8.2f} {m['teacher_forced']['ssim']:>8.3f} "
                      f"{last:>13.2f} {m['camera']['rot_err_deg']:>11.2f} {m['camera']['success_share']:>8.2f}"
-                     f" {gain(m['camera']):>9}")
+                     f" {gain(m['camera']):>9} {frozen(m['camera']):>7}")
     vr, w = results["vae_reconstruction"], results.get("warp_last_latent")
     refs = [("VAE recon", f"{vr['psnr']:>8.2f} {vr['ssim']:>8.3f}", "", vr["camera"]),
             ("real engine", f"{'':>8} {'':>8}", "", results["real_engine_camera"])]
@@ -606,7 +607,8 @@ def headline(results: dict[str, Any]) -> str:
             ar = ref["autoregressive"]["psnr"]
             refs.append((label, f"{'':>8} {'':>8}", f"{ar[max(ar, key=int)]:.2f}", ref["camera"]))
     for label, tf_cols, ar_col, cr in refs:
-        lines.append(f"{label:<18} {tf_cols} {ar_col:>13} {cr['rot_err_deg']:>11.2f} {cr['success_share']:>8.2f} {gain(cr):>9}")
+        lines.append(f"{label:<18} {tf_cols} {ar_col:>13} {cr['rot_err_deg']:>11.2f} {cr['success_share']:>8.2f} {gain(cr):>9}"
+                     f" {frozen(cr):>7}")
     lr = results["long_run"]
     lines.append(f"long run: {lr['frames']} frames, collapsed={lr['collapsed']}; "
                  f"total {results['timing']['total_s']:.1f} s")

@@ -110,10 +110,12 @@ def _table(results: dict[str, Any]) -> str:
     head = ["method", "TF PSNR", "TF SSIM"]
     ar_steps = list(results["methods"]["model"]["autoregressive"]["psnr"])
     head += [f"AR PSNR@{s}" for s in ar_steps] + [f"AR SSIM@{s}" for s in ar_steps]
-    head += ["RotErr (deg)", "rot. est. ok", "trans. dir. err (deg)", "trans. est. ok", "yaw gain"]
+    head += ["RotErr (deg)", "rot. est. ok", "trans. dir. err (deg)", "trans. est. ok", "yaw gain",
+             "yaw frozen share"]
     fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     cam = lambda c: [fmt(c["rot_err_deg"]), fmt(c["success_share"]), fmt(c["trans_dir_err_deg"]),  # noqa: E731
-                     fmt(c["trans_success_share"]), fmt(c.get("yaw_gain"))]
+                     fmt(c["trans_success_share"]), fmt(c.get("yaw_gain")),
+                     fmt(c.get("yaw_frozen_share"))]
     rows = []
     for name, m in results["methods"].items():
         ar = m["autoregressive"]
