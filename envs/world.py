@@ -21,13 +21,15 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
 
 from envs.checks import check_index, check_seed
 from envs.modes import motion_info, observation_space, observe, resolve_action_map, resolve_obs_mode
 from envs.rewards import RewardFn, TerminationFn, never_terminate, zero_reward
 from envs.tasks import Task, TaskStep
-from worldmodel.camera import ACTION_LAYOUT, check_action, integrate
+from worldmodel.camera import ACTION_LAYOUT, check_action
+from worldmodel.generator import step_poses
 from worldmodel.threads import use_threads
 from worldmodel.world import World
 
@@ -88,6 +90,17 @@ def world_render_fps(world: World) -> int:
     return int(world.meta.card.get("fps", DEFAULT_RENDER_FPS))
 
 
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+"""`precision` of the learned world's envs -> the transformer step's autocast dtype (None: the weights' own)."""
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of an env's `precision`; ValueError naming the choices for anything else."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; expected one of {list(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
 def env_threads(threads: int | None) -> int:
     """Set torch's CPU threads for an env (`worldmodel.threads.use_threads`); 1 in a forked worker.
 
@@ -126,6 +139,7 @@ class WorldEpisodes:
         task: Task | None = None,
         obs_mode: str | None = None,
         action_mode: str | None = None,
+        precision: str = "float32",
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs={num_envs} must be >= 1")
@@ -159,6 +173,7 @@ class WorldEpisodes:
             raise ValueError(f"the task's start_pool frames are {task.start_pool.shape[1:3]}, the world's images "
                              f"{tuple(world.meta.image_hw)}; collect the pool at the world's resolution")
         self.streams = world.streams(num_envs, seeds=list(range(num_envs)), window=window)
+        self.streams.gen.autocast = autocast_dtype(precision)
         self.c2w = np.tile(np.eye(4), (num_envs, 1, 1))  # (N, 4, 4) float64
         self.steps = np.zeros(num_envs, dtype=np.int64)
         fps_hw = (world.frames_per_step, *world.meta.image_hw, 3)
@@ -328,8 +343,10 @@ class WorldEpisodes:
         terminated = np.zeros(self.num_envs, dtype=bool)
         truncated = np.zeros(self.num_envs, dtype=bool)
         infos: list[dict[str, Any] | None] = [None] * self.num_envs
-        for i in np.flatnonzero(active):
-            self.c2w[i] = integrate(self.c2w[i], realised[i])
+        on = np.flatnonzero(active)
+        if len(on):  # every pose in one batched product (`camera.integrate` per env)
+            self.c2w[on] = self.c2w[on] @ step_poses(realised[on])
+        for i in on:
             self.steps[i] += 1
             self.obs[i] = obs[i]
             if frames is not None:
@@ -407,9 +424,12 @@ class WorldEnv(gym.Env):
     both `image` and `start`, a `start` that is not an int (no float, str, bool or list) or out
     of range, or an image that is not uint8 (H, W, 3) raise `ValueError` before anything changes.
 
-    ## Threads
+    ## Threads and precision
     `threads` sets torch's CPU threads (None: `worldmodel.threads.use_threads`, one per idle core,
     at most torch's default; always 1 in a forked worker, where more would deadlock).
+    `precision="bfloat16"` runs the transformer's linear layers under bfloat16 autocast (weights,
+    KV cache and attention stay float32): faster for large batches on a CPU with AVX512-BF16, and
+    close to float32 but not equal (BENCHMARKS.md); the default `"float32"` computes in float32.
 
     ## Rewards and episode end
     `reward_fn(obs, c2w, action) -> float` (default: 0) and `termination_fn(obs, c2w, action)
@@ -441,6 +461,7 @@ class WorldEnv(gym.Env):
         task: Task | None = None,
         obs_mode: str | None = None,
         action_mode: str | None = None,
+        precision: str = "float32",
     ) -> None:
         if render_mode not in (None, *self.metadata["render_modes"]):
             modes = self.metadata["render_modes"]
@@ -450,7 +471,7 @@ class WorldEnv(gym.Env):
         self.threads = env_threads(threads)
         self.world = load_world(checkpoint, world, device)
         self.core = WorldEpisodes(self.world, 1, max_episode_steps, reward_fn, termination_fn, window,
-                                  task, obs_mode, action_mode)
+                                  task, obs_mode, action_mode, precision)
         self.task = task
         self.action_space = self.core.action_space
         self.observation_space = self.core.observation_space

@@ -60,8 +60,9 @@ class WorldVectorEnv(gym.vector.VectorEnv):
     batches and lists, a 2-D start, floats, bools, strings, unknown keys) is a ValueError raised
     before any env or generator changes.
 
-    ## Threads
-    `threads`: torch's CPU threads, as for `WorldEnv`.
+    ## Threads and precision
+    `threads`: torch's CPU threads; `precision`: "float32" (default) or "bfloat16" autocast of the
+    transformer's linear layers; both as for `WorldEnv`. bfloat16 pays at large N (BENCHMARKS.md).
 
     ## Info
     Gymnasium's vector layout: each key of the single env's info as an array over envs plus a
@@ -90,6 +91,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         task: Task | None = None,
         obs_mode: str | None = None,
         action_mode: str | None = None,
+        precision: str = "float32",
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}; the World-v0 vector env supports None or 'rgb_array'")
@@ -102,7 +104,7 @@ class WorldVectorEnv(gym.vector.VectorEnv):
         self.threads = env_threads(threads)
         self.world = load_world(checkpoint, world, device)
         self.core = WorldEpisodes(self.world, num_envs, max_episode_steps, reward_fn, termination_fn, window,
-                                  task, obs_mode, action_mode)
+                                  task, obs_mode, action_mode, precision)
         self.task = task
         self.num_envs = num_envs
         self.single_action_space = self.core.action_space

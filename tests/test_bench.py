@@ -50,16 +50,24 @@ def test_quick_cli_writes_json_with_machine_and_positive_rows(tmp_path):
 
 def test_env_bench_cli_measures_the_vector_env(tmp_path):
     """`python -m envs.bench --quick --json` (the env benchmark, moved out of worldmodel.bench so that worldmodel
-    never imports envs) runs make_vec for each N and writes positive rates."""
+    never imports envs) runs make_vec for each precision and N, interleaved, and writes positive rates, the cost per
+    env step against N=1 and the transformer's FLOPs."""
     out = tmp_path / "envs.json"
-    proc = subprocess.run([sys.executable, "-m", "envs.bench", "--quick", "--threads", "1", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "envs.bench", "--quick", "--threads", "1", "--obs-mode", "latent",
+                           "--precision", "float32", "bfloat16", "--json", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cost per env vs N=1" in proc.stdout
     result = json.loads(out.read_text())
     rows = result["sections"]["vector_env"]
-    assert [r["num_envs"] for r in rows] == [1, 2] and "make_vec" in result["settings"]["via"]
+    assert [(r["precision"], r["num_envs"]) for r in rows] == [("float32", 1), ("float32", 2), ("bfloat16", 1),
+                                                              ("bfloat16", 2)]
+    assert "make_vec" in result["settings"]["via"] and result["settings"]["interleaved"]
     for row in rows:
         assert row["env_steps_per_s"] > 0 and row["frames_per_s"] > 0 and row["step_p50_ms"] > 0, row
+        assert row["transformer_gflops"] > row["attention_gflops"] > 0 and row["transformer_floor_ms"] > 0, row
+    assert [r["cost_per_env_vs_n1"] for r in rows if r["num_envs"] == 1] == [1.0, 1.0]
+    assert rows[1]["transformer_gflops"] == 2 * rows[0]["transformer_gflops"], "FLOPs are linear in N"
     assert "vector_env" not in subprocess.run([sys.executable, "-m", "worldmodel.bench", "--help"], capture_output=True,
                                               text=True, timeout=120).stdout
 

@@ -8,7 +8,8 @@ from helpers import tiny_dit
 from worldmodel.bench.common import rss_bytes
 from worldmodel.config import CameraStats, model_config
 from worldmodel.dit import WorldDiT
-from worldmodel.generator import StreamingGenerator
+from worldmodel.camera import integrate, step_frame_motions
+from worldmodel.generator import StreamingGenerator, frame_motions, step_poses
 
 LATENT = (4, 4)
 K, IMG = (16.0, 16.0, 15.5, 15.5), (32, 32)
@@ -147,3 +148,16 @@ def test_a_non_finite_latent_is_refused_naming_its_cause(broken, cause):
     gen.reset(first(1))
     with pytest.raises(FloatingPointError, match=cause):
         gen.step(np.zeros((1, 6)))
+
+
+def test_batched_camera_motions_equal_the_per_stream_camera_functions():
+    """`frame_motions` and `step_poses` (one vectorised call for the whole batch, issue 22) give what
+    `camera.step_frame_motions` and `camera.integrate` give stream by stream, for one action per step or one
+    per frame, and for turns past pi (where Slerp takes the short way round)."""
+    rng = np.random.default_rng(3)
+    for turn in (0.05, 2.5):
+        step = np.concatenate([rng.normal(0, 3, (16, 3)), rng.normal(0, turn, (16, 3))], -1)
+        per_frame = np.concatenate([rng.normal(0, 3, (16, 4, 3)), rng.normal(0, turn, (16, 4, 3))], -1)
+        for a in (step, per_frame):
+            np.testing.assert_allclose(frame_motions(a, 4), np.stack([step_frame_motions(x, 4) for x in a]), atol=1e-12)
+            np.testing.assert_allclose(step_poses(a), np.stack([integrate(np.eye(4), x) for x in a]), atol=1e-12)

@@ -41,8 +41,13 @@ def warp_recycled(recycled: torch.Tensor, grid: torch.Tensor, mode: str = "bilin
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x (B, F, N, D), shift/scale (B, F, D)."""
-    return x * (1 + scale[:, :, None]) + shift[:, :, None]
+    """adaLN: x (B, F, N, D), shift/scale (B, F, D) -> x * (1 + scale) + shift."""
+    return torch.addcmul(shift[:, :, None], x, 1 + scale[:, :, None])  # one pass over x, not two
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """adaLN-Zero's residual: x, update (B, F, N, D), gate (B, F, D) -> x + gate * update, in one pass."""
+    return torch.addcmul(x, gate[:, :, None], update)
 
 
 class TimestepEmbedder(nn.Module):
@@ -140,9 +145,9 @@ class MMDiTBlock(nn.Module):
         if c is not None:
             c = self.context_out(c, oc)
         o = self.attn.out(rearrange(o, "b h l d -> b l (h d)").to(x.dtype))
-        x = x + (g1[:, :, None] * o.view(B, Fr, -1, D)).view(B, L, D)
-        h = modulate(self.norm2(x).view(B, Fr, -1, D), sh2, sc2)
-        return x + (g2[:, :, None] * self.mlp(h)).view(B, L, D), c
+        x = gated_residual(x.view(B, Fr, -1, D), g1, o.view(B, Fr, -1, D))  # (B, F, N, D)
+        h = modulate(self.norm2(x), sh2, sc2)
+        return gated_residual(x, g2, self.mlp(h)).view(B, L, D), c
 
     def step(self, x: torch.Tensor, temb: torch.Tensor, attend: Attend) -> torch.Tensor:
         """`forward` for a cached step, called as a method, not as a module: a step writes the KV cache,
