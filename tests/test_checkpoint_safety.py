@@ -231,11 +231,11 @@ def test_flipped_bit_is_caught_and_files_without_digests_still_load(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"w.safetensors is corrupt: tensor '[ab]' fails its SHA-256 check"):
         load_checkpoint(path)
-    # Files from before digests (like the bundled world) load unverified.
+    # Files from before digests load unverified.
     save_file({"a": torch.ones(2)}, str(tmp_path / "old.safetensors"),
               metadata={"format": "worldmodel/1", "meta": json.dumps({"k": 2})})
     assert load_checkpoint(tmp_path / "old.safetensors")[1] == {"k": 2}
-    if BUNDLED.exists():
+    if BUNDLED.exists():  # re-bundled on 2026-12-02, so it now carries digests and loads verified
         with safe_open(str(BUNDLED), "pt") as f:
-            assert "sha256" not in (f.metadata() or {})
+            assert "sha256" in f.metadata()
         assert World.load().meta.image_hw == (96, 128)

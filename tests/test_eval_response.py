@@ -190,6 +190,24 @@ def test_cli_help_names_the_settings(capsys):
     assert "--quick" in out and "outputs/eval_response" in out and "--threads" in out
 
 
+def test_cli_reprojection_setting_reaches_the_world_row(monkeypatch, tmp_path):
+    """`--reprojection` sets the memory of the 'world' row (the world file's when absent); a bad one exits."""
+    import train.eval_response as er
+    from worldmodel.reproject import ReprojectionConfig
+
+    seen = []
+    monkeypatch.setattr(er.World, "load", staticmethod(lambda path=None: "world"))
+    monkeypatch.setattr(er, "response_report", lambda world, quick, cfg, **kw: seen.append(kw["memory"]) or {})
+    monkeypatch.setattr(er, "headline", lambda report: "")
+    out = str(tmp_path / "r.json")
+    main(["--quick", "--json", out, "--reprojection", "travel_scale=96"])
+    main(["--quick", "--json", out, "--reprojection", "off"])
+    main(["--quick", "--json", out])
+    assert seen == [ReprojectionConfig(travel_scale=96.0), None, "world"]
+    with pytest.raises(SystemExit):
+        main(["--quick", "--reprojection", "keep=2"])
+
+
 @pytest.mark.slow
 def test_quick_report_on_the_bundled_world(tmp_path):
     """The CLI's quick setting on the bundled world: the engine row is ideal, every row has every
@@ -218,3 +236,18 @@ def test_response_report_accepts_a_shared_engine():
         eng.rollout(validation_starts(eng, 1), np.zeros((1, 1, 6), np.float32))  # still running
     finally:
         eng.close()
+
+
+def test_response_pictures_cli_and_labels(capsys):
+    """`python -m train.response_pictures --help` names its output folder; a labelled row keeps its pixels
+    and gains a dark margin with the label's text."""
+    from train.response_pictures import LABEL_W, labelled
+    from train.response_pictures import main as pictures_main
+
+    with pytest.raises(SystemExit) as e:
+        pictures_main(["--help"])
+    assert e.value.code == 0 and "docs/images" in capsys.readouterr().out
+    row = np.full((48, 64, 3), 200, np.uint8)
+    out = labelled(row, "network\nalone")
+    assert out.shape == (48, 64 + LABEL_W, 3) and (out[:, LABEL_W:] == row).all()
+    assert out[:, :LABEL_W].max() > 200 and np.median(out[:, :LABEL_W]) == 24

@@ -1,4 +1,4 @@
-"""The reprojection memory: a turn moves the anchor and lets the network paint only what came into
+"""The reprojection memory: a first step is the network's, a turn moves the anchor and lets the network paint only what came into
 view, a step without a turn is the network's and re-anchors on it, walking hands over to the
 network, the anchor refreshes, and the setting travels through world files and the eval's command
 line."""
@@ -30,13 +30,20 @@ def latents(batch: int = 1, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, C, *LATENT, generator=torch.Generator().manual_seed(seed))
 
 
+def anchored(mem: ReprojectionMemory, anchor: torch.Tensor) -> None:
+    """Start the stream and let the network's first (still) step be `anchor`: a first step is always the
+    network's, and it becomes the anchor."""
+    mem.reset(latents(len(anchor), seed=99))
+    assert torch.equal(mem.blend(anchor, np.stack([np.eye(4)] * len(anchor))), anchor)
+
+
 def pose(tx: float = 0.0, tz: float = 0.0, yaw: float = 0.0) -> np.ndarray:
     return integrate(np.eye(4), np.array([tx, 0.0, tz, 0.0, yaw, 0.0]))[None]
 
 
 def test_still_camera_keeps_the_anchor_whatever_the_network_says_with_min_turn_0():
     mem, anchor = memory(min_turn=0.0), latents()
-    mem.reset(anchor)
+    anchored(mem, anchor)
     for seed in range(3):
         z = mem.blend(latents(seed=10 + seed), pose())
         assert torch.allclose(z, anchor, atol=1e-5)
@@ -44,7 +51,7 @@ def test_still_camera_keeps_the_anchor_whatever_the_network_says_with_min_turn_0
 
 def test_a_turn_moves_the_picture_and_the_network_paints_only_what_came_into_view():
     mem, anchor, generated = memory(), latents(), latents(seed=1)
-    mem.reset(anchor)
+    anchored(mem, anchor)
     z = mem.blend(generated, pose(yaw=0.3))  # a right turn: new content enters on the right
     assert torch.equal(z[..., -1], generated[..., -1]), "the newly visible right column is the network's"
     assert not torch.allclose(z[..., :-2], generated[..., :-2]), "the rest comes from the anchor"
@@ -55,13 +62,24 @@ def test_a_turn_moves_the_picture_and_the_network_paints_only_what_came_into_vie
     assert torch.allclose(back, anchor, atol=1e-5)
 
 
+def test_the_first_step_is_the_networks_even_when_it_turns():
+    """The first image's latent encodes one frame, a step's encodes frames_per_step: reprojected it decodes
+    darker, so a stream's first step shows the network's latent and anchors the memory on it."""
+    mem, drawn = memory(), latents(seed=1)
+    mem.reset(latents())
+    assert torch.equal(mem.blend(drawn, pose(yaw=0.3)), drawn)
+    assert torch.equal(mem.anchor, drawn) and np.allclose(mem.pose, np.eye(4))
+    back = mem.blend(latents(seed=2), pose(yaw=-0.3))
+    assert not torch.allclose(back[..., 2:], latents(seed=2)[..., 2:]), "the next turn reprojects the network's first step"
+
+
 def test_a_large_turn_refreshes_the_anchor():
     mem = memory(refresh_coverage=0.6)
-    mem.reset(latents())
+    anchored(mem, latents())
     z = mem.blend(latents(seed=1), pose(yaw=0.8))  # about 46 degrees on a 90-degree view
     assert torch.equal(mem.anchor, z) and np.allclose(mem.pose, np.eye(4))
     small = memory(refresh_coverage=0.6)
-    small.reset(latents())
+    anchored(small, latents())
     small.blend(latents(seed=1), pose(yaw=0.05))
     assert not np.allclose(small.pose, np.eye(4)), "a small turn keeps the anchor"
 
@@ -69,14 +87,14 @@ def test_a_large_turn_refreshes_the_anchor():
 def test_walking_hands_the_picture_to_the_network():
     anchor, generated = latents(), latents(seed=1)
     mem = memory(travel_scale=10.0, min_turn=0.0)
-    mem.reset(anchor)
+    anchored(mem, anchor)
     z = mem.blend(generated, pose(tz=10.0))  # one travel_scale forward: trust e^-1
     w = math.exp(-1.0)
     assert torch.allclose(z, w * anchor + (1 - w) * generated, atol=1e-5)
     mem.blend(generated, pose(tz=10.5))  # past 2 travel_scales: re-anchored
     assert np.allclose(mem.pose, np.eye(4))
     never = memory(min_turn=0.0)  # travel_scale None: walking alone never hands over
-    never.reset(anchor)
+    anchored(never, anchor)
     assert torch.allclose(never.blend(generated, pose(tz=500.0)), anchor, atol=1e-5)
 
 
@@ -99,7 +117,7 @@ def test_a_camera_that_does_not_move_shows_its_last_picture_again():
     border the network painted), keeps the anchor, and the next real motion carries on from there;
     still_tolerance=0 hands idle steps back to the network."""
     mem, anchor = memory(), latents()
-    mem.reset(anchor)
+    anchored(mem, anchor)
     turned = mem.blend(latents(seed=1), pose(yaw=0.3))
     for seed in range(5):
         assert torch.equal(mem.blend(latents(seed=10 + seed), pose()), turned)
@@ -109,7 +127,7 @@ def test_a_camera_that_does_not_move_shows_its_last_picture_again():
     walked = mem.blend(latents(seed=3), pose(tz=1e-3))
     assert torch.equal(walked, latents(seed=3)), "the smallest walk is the network's again"
     off = memory(still_tolerance=0.0)
-    off.reset(anchor)
+    anchored(off, anchor)
     off.blend(latents(seed=4), pose())
     assert torch.equal(off.blend(latents(seed=5), pose()), latents(seed=5))
 
@@ -132,7 +150,7 @@ def test_bicubic_resampling_keeps_more_detail_than_bilinear():
     contrast = {}
     for mode in ("bilinear", "bicubic"):
         mem = memory(warp_mode=mode, min_turn=0.0)
-        mem.reset(stripes)
+        anchored(mem, stripes)
         z = mem.blend(torch.zeros_like(stripes), pose(yaw=half_cell))
         contrast[mode] = z[..., 2:-2].abs().mean().item()  # inside, away from the new border
     assert contrast["bilinear"] < 0.6 and contrast["bicubic"] > contrast["bilinear"] + 0.15, contrast
@@ -172,9 +190,10 @@ def test_generator_with_memory_keeps_a_still_picture_and_refuses_bare_camera_map
     gen.reset(first)
     plain.reset(first)
     still = np.zeros((1, 6))
+    drawn = gen.step(still)  # the first step is the network's
     for _ in range(3):
         z = gen.step(still)
-        assert torch.allclose(z, first, atol=1e-5) and torch.equal(gen.recycled, z)
+        assert torch.equal(z, drawn) and torch.equal(gen.recycled, z)
     assert not torch.allclose(plain.step(still), first, atol=1e-2), "without the memory the network decides"
     with pytest.raises(RuntimeError, match="step\\(actions\\)"):
         gen.step_camera(gen.camera_maps(still))
@@ -238,11 +257,11 @@ def test_a_float32_turn_of_exactly_min_turn_reprojects():
     yaw = float(np.float32(0.03))
     assert yaw < 0.03, "the float32 value really is below the threshold in float64"
     mem, anchor, generated = memory(min_turn=0.03), latents(), latents(seed=1)
-    mem.reset(anchor)
+    anchored(mem, anchor)
     z = mem.blend(generated, pose(yaw=yaw))
     assert not torch.allclose(z, generated), "a turn of min_turn must blend in the reprojected anchor"
     walk = memory(min_turn=0.03)
-    walk.reset(anchor)
+    anchored(walk, anchor)
     assert torch.equal(walk.blend(generated, pose(yaw=0.029)), generated), "a smaller turn is still the network's"
 
 

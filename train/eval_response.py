@@ -39,7 +39,7 @@ import numpy as np
 from train.collect import VAL_MAPS, clip_seed
 from train.eval import TEST_MAPS, jsonable, progress
 from worldmodel.metrics import CollapseConfig, detect_collapse, frame_stats, horizontal_shift, psnr
-from worldmodel.reproject import ReprojectionConfig
+from worldmodel.reproject import ReprojectionConfig, add_reprojection_argument
 from worldmodel.threads import use_threads
 from worldmodel.world import World
 
@@ -598,6 +598,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch CPU threads (default: one per idle core, at most torch's)")
     p.add_argument("--no-network-alone", action="store_true", help="skip the row of the world with its memory off")
     p.add_argument("--json", default="outputs/eval_response/response.json", help="output JSON (default %(default)s)")
+    add_reprojection_argument(p, "Overrides the world's for the 'world' row; default: as the world file says.")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars on stderr (default: only when stderr is a terminal)")
     a = p.parse_args(argv)
@@ -613,7 +614,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides = {"seed": a.seed, **({"starts": a.starts} if a.starts else {})}
     cfg = ResponseConfig.quick(**overrides) if a.quick else ResponseConfig(**overrides)
     world = World.load(a.checkpoint)
-    report = response_report(world, a.quick, cfg, network_alone=not a.no_network_alone, show=a.progress)
+    memory = "world" if a.reprojection is None else ReprojectionConfig.parse(a.reprojection)
+    report = response_report(world, a.quick, cfg, network_alone=not a.no_network_alone, show=a.progress,
+                             memory=memory)
     report["checkpoint"] = a.checkpoint or "bundled"
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(report, indent=2))

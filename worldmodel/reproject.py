@@ -12,18 +12,20 @@ with the network's latent:
     m = coverage ** mask_power * trust           # coverage: how much of a cell the anchor still sees
     z = m * reprojected_anchor + (1 - m) * generated
 
-The network paints what comes into view; the rest turns with the camera. A step that turns by
-less than `min_turn` (walking, mostly) shows the network's latent as it is, and that latent
-becomes the anchor: rotation says nothing about walking, so there the network draws the change.
-The anchor is also renewed (from the blend) once it covers `refresh_coverage` of the view or
-less, or the camera has walked 2 `travel_scale`s from it.
+The network paints what comes into view; the rest turns with the camera. A stream's first step,
+and a step that turns by less than `min_turn` (walking, mostly), show the network's latent as it
+is, and that latent becomes the anchor: the first image's latent encodes one frame where a step's
+encodes four (reprojected, it decodes darker), and rotation says nothing about walking, so there
+the network draws the change. The anchor is also renewed (from the blend) once it covers
+`refresh_coverage` of the view or less, or the camera has walked 2 `travel_scale`s from it.
 A step with no motion at all (`still_tolerance`) shows the stream's last picture again, as
 the engine does when the camera stands still; the network's own idle steps drift into noise.
 
-Why both `min_turn` and bicubic resampling (docs/training.md, "Reprojection memory"): holding
-the anchor on every step froze the picture while the camera walked straight; with bilinear
-resampling the anchors lost their texture over a 1,440-frame run until turning barely changed
-the picture.
+Why `min_turn` and bicubic resampling (docs/training.md, "Reprojection memory"): holding the
+anchor on every step froze the picture while the camera walked straight (reprojecting walking
+too, over a floor-and-ceiling depth prior, grew the picture like the engine's but washed long
+runs out); with bilinear resampling the anchors lost their texture over a 1,440-frame run until
+turning barely changed the picture.
 
     mem = ReprojectionMemory(ReprojectionConfig(), batch, intrinsics, image_hw, latent_hw, channels)
     mem.reset(first_latents)                  # (B, C, h, w)
@@ -104,9 +106,12 @@ class ReprojectionMemory:
         z = m * seen + (1 - m) * generated.to(self.anchor.dtype)
         refresh = (coverage.mean((1, 2, 3)) <= self.cfg.refresh_coverage).cpu().numpy()
         refresh |= travel > 2 * scale
-        # The network draws this step on its own; a turn of exactly min_turn (up to float32 rounding) reprojects.
+        # The network draws this step on its own and it becomes the anchor: a stream's first step (the
+        # first image's latent encodes one frame, not a step's: reprojected, it decodes darker and
+        # smeared), and a step that turns less than min_turn (walking; a turn of exactly min_turn, up
+        # to float32 rounding, reprojects).
         turn = rotation_angle(steps[:, :3, :3])  # (B,) radians this step
-        walk = turn < self.cfg.min_turn - TURN_TOLERANCE
+        walk = ~self.shown | (turn < self.cfg.min_turn - TURN_TOLERANCE)
         if walk.any():
             z[walk] = generated[walk].to(z.dtype)
             refresh |= walk
