@@ -190,6 +190,22 @@ def test_cli_help_names_the_settings(capsys):
     assert "--quick" in out and "outputs/eval_response" in out and "--threads" in out
 
 
+def test_teacher_forced_turn_reads_the_network_and_a_copy_of_the_past_as_frozen(engine, starts, monkeypatch):
+    """Given the engine's real past, the bundled network turns the picture; a generator that returns the
+    recycled (real previous) latent unchanged reads about 0 with its steps frozen, and the VAE's own
+    step-to-step slide (the ceiling) is about 1 in both."""
+    from train.eval_response import turn_response_teacher_forced
+    from worldmodel.generator import StreamingGenerator
+    from worldmodel.world import World
+
+    world = World.load()
+    net = turn_response_teacher_forced(world, engine, starts, 0.1, 6)
+    assert net["ratio"] > 0.5 and 0.8 < net["vae_ratio"] < 1.2, net
+    monkeypatch.setattr(StreamingGenerator, "step", lambda self, actions, recycled=None: recycled.clone())
+    copy = turn_response_teacher_forced(world, engine, starts, 0.1, 6)
+    assert abs(copy["ratio"]) < 0.2 and copy["frozen_share"] >= 0.8 and 0.8 < copy["vae_ratio"] < 1.2, copy
+
+
 def test_cli_reprojection_setting_reaches_the_world_row(monkeypatch, tmp_path):
     """`--reprojection` sets the memory of the 'world' row (the world file's when absent); a bad one exits."""
     import train.eval_response as er

@@ -373,6 +373,37 @@ def turn_response(source: World | FrameSource, engine: EngineSource, starts: Seq
     }
 
 
+def turn_response_teacher_forced(world: World, engine: EngineSource, starts: Sequence[Start], rate: float,
+                                 steps: int, memory: Memory = None, seed: int = 0) -> dict[str, Any]:
+    """The turn response with the real past: each step the generator gets the engine's previous latent
+    (`train.eval.teacher_forced`), so "the network does not turn" is told apart from "its own outputs drift".
+
+    `ratio` = sum over steps of the shift from the VAE's decoding of the real previous step to the
+    prediction (along the expected direction) / the sum of the expected `fx * rate`; `frozen_share` as in
+    `turn_response`; `vae_ratio` the same from one real step to the next through the VAE (the ceiling).
+    Steps from the second on (the first has no real previous step).
+    """
+    import torch
+
+    from train.eval import encode_real, teacher_forced  # train.eval imports this module
+
+    actions = turn_actions(len(starts), rate, steps)
+    real = engine(starts, actions)
+    with torch.no_grad():
+        pred, rec = teacher_forced(world, real, encode_real(world, real), actions,
+                                   [seed * 1000 + i for i in range(len(starts))], memory)
+    maps = cylinder_maps(real.shape[2:4], engine.intrinsics)
+    sign = -np.sign(actions[:, :, 4])  # a right turn slides the picture left
+    expected = float(engine.intrinsics[0]) * rate
+    tf = np.array([[yaw_shift(rec[b, j - 1, -1], pred[b, j, -1], maps) * sign[b, j] for j in range(1, steps)]
+                   for b in range(len(starts))]) / expected
+    vae = np.array([[yaw_shift(rec[b, j - 1, -1], rec[b, j, -1], maps) * sign[b, j] for j in range(1, steps)]
+                    for b in range(len(starts))]) / expected
+    return {"rate_rad": rate, "steps": steps, "ratio": float(tf.mean()),
+            "frozen_share": float(np.mean(tf < FROZEN_SHARE_OF_EXPECTED)),
+            "step_ratio_quartiles": np.percentile(tf, [25, 50, 75]).tolist(), "vae_ratio": float(vae.mean())}
+
+
 def walk_response(source: World | FrameSource, engine: EngineSource, starts: Sequence[Start], speed: float,
                   steps: int, baseline: int = 3, memory: Memory = "world", seed: int = 0) -> dict[str, Any]:
     """How much the picture expands while walking forward, against the engine over the same realised motion.
@@ -497,10 +528,14 @@ def measure_all(source: World | FrameSource, engine: EngineSource, starts: Seque
                 cfg: ResponseConfig, memory: Memory = "world", show: bool | None = False) -> dict[str, Any]:
     """Every measurement of one source -> {name: dict}, plus the seconds each took."""
     timing, out = {}, {}
-    if isinstance(source, World):
-        source = WorldSource(source, memory, cfg.seed, show)
+    world = source if isinstance(source, World) else None
+    if world is not None:
+        source = WorldSource(world, memory, cfg.seed, show)
     jobs = [(f"turn_{r:g}", lambda r=r: turn_response(source, engine, starts, r, cfg.turn_steps, cfg.baseline_px))
             for r in cfg.rates]
+    if world is not None and memory is None:  # the network given the real past (a memory has no forced past)
+        jobs += [(f"tf_{r:g}", lambda r=r: turn_response_teacher_forced(world, engine, starts, r, cfg.turn_steps,
+                                                                          None, cfg.seed)) for r in cfg.rates]
     jobs += [
         ("walk", lambda: walk_response(source, engine, walkers, cfg.walk_speed, cfg.walk_steps, cfg.walk_baseline)),
         ("idle", lambda: idle_stability(source, engine, starts, cfg.idle_steps)),
@@ -512,6 +547,9 @@ def measure_all(source: World | FrameSource, engine: EngineSource, starts: Seque
         out[name] = job()
         timing[name] = time.perf_counter() - t0
     out["turn"] = {k[5:]: out.pop(k) for k in list(out) if k.startswith("turn_")}
+    tf = {k[3:]: out.pop(k) for k in list(out) if k.startswith("tf_")}
+    if tf:
+        out["turn_teacher_forced"] = tf
     out["timing_s"] = timing
     return out
 
@@ -565,6 +603,7 @@ def headline(report: dict[str, Any]) -> str:
         line(f"turn {r} rad: frozen share", lambda x, r=r: x["turn"][r]["frozen_share"])
         line(f"turn {r} rad: sharpness ratio", lambda x, r=r: x["turn"][r].get("sharpness_ratio"))
         line(f"turn {r} rad: PSNR at the end", lambda x, r=r: x["turn"][r].get("psnr_last"), "{:.1f}")
+        line(f"turn {r} rad: teacher-forced", lambda x, r=r: x.get("turn_teacher_forced", {}).get(r, {}).get("ratio"))
     line("walk: expansion ratio", lambda x: x["walk"]["ratio"])
     line("idle: PSNR at last step", lambda x: x["idle"]["psnr_last"], "{:.1f}")
     line("idle: flat-frame PSNR", lambda x: x["idle"]["flat_frame_psnr"], "{:.1f}")
@@ -582,7 +621,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m train.eval_response",
         description="Measure what a person notices in a learned world, against the real engine: turn response "
-                    "(0.03, 0.06, 0.1 rad per step), expansion while walking, idle stability (120 zero steps), "
+                    "(0.03, 0.06, 0.1 rad per step; rolled out, and for the network alone also teacher-forced), expansion while walking, idle stability (120 zero steps), "
                     "return to view, start-frame reconstruction. Rows: the engine itself (the ideal), the world "
                     "with its memory, the network alone.",
         epilog="Measured on held-out validation starts (freedoom2 MAP25-MAP32); docs/eval.md explains every "
