@@ -216,10 +216,10 @@ def test_cli_reprojection_setting_reaches_the_world_row(monkeypatch, tmp_path):
     monkeypatch.setattr(er, "response_report", lambda world, quick, cfg, **kw: seen.append(kw["memory"]) or {})
     monkeypatch.setattr(er, "headline", lambda report: "")
     out = str(tmp_path / "r.json")
-    main(["--quick", "--json", out, "--reprojection", "travel_scale=96"])
+    main(["--quick", "--json", out, "--reprojection", "keep=0.5"])
     main(["--quick", "--json", out, "--reprojection", "off"])
     main(["--quick", "--json", out])
-    assert seen == [ReprojectionConfig(travel_scale=96.0), None, "world"]
+    assert seen == [ReprojectionConfig(keep=0.5), None, "world"]
     with pytest.raises(SystemExit):
         main(["--quick", "--reprojection", "keep=2"])
 

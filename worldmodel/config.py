@@ -137,7 +137,7 @@ def config_to_dict(cfg: DiTConfig) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Retired:
-    """A DiTConfig key that older files (and old commands) set but that no longer configures the model."""
+    """A config key that older files (and old commands) set but that no longer configures anything."""
 
     remains: tuple[Any, ...]
     """Values that ask for the behaviour the model still has: dropped silently."""
@@ -157,16 +157,19 @@ RETIRED_DIT_KEYS: dict[str, Retired] = {
 """Retired DiTConfig keys (docs/design.md, "Retired options"); the bundled world's file stores all three."""
 
 
-def drop_retired(d: Mapping[str, Any], what: str = "dit_config") -> dict[str, Any]:
-    """`d` without its retired keys; a retired key set to a value whose behaviour is gone is a ValueError."""
+def drop_retired(d: Mapping[str, Any], what: str = "dit_config",
+                 retired: Mapping[str, Retired] | None = None) -> dict[str, Any]:
+    """`d` without its retired keys (`retired`, default the DiTConfig's); a retired key set to a value whose
+    behaviour is gone is a ValueError."""
+    retired = RETIRED_DIT_KEYS if retired is None else retired
     for key, value in d.items():
-        old = RETIRED_DIT_KEYS.get(key)
+        old = retired.get(key)
         if old is not None and not any(matches_type(value, type(r)) and value == r for r in old.remains):
             raise ValueError(
                 f"{what} sets {key}={value!r}, an option retired on 2026-12-02: {old.why}. A model trained with it "
                 f"behaves differently without it; run it from a checkout before the retirement "
                 f"(git log -S {key})")
-    return {k: v for k, v in d.items() if k not in RETIRED_DIT_KEYS}
+    return {k: v for k, v in d.items() if k not in retired}
 
 
 def config_from_dict(d: dict[str, Any]) -> DiTConfig:

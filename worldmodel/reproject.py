@@ -8,8 +8,7 @@ view (translation would need depth, which a latent does not carry). This memory 
 once from the anchor, not once per step, so resampling blur does not pile up) and blends it
 with the network's latent:
 
-    trust = keep * exp(-travel / travel_scale)   # travel: distance walked from the anchor's camera
-    m = coverage ** mask_power * trust           # coverage: how much of a cell the anchor still sees
+    m = coverage ** mask_power * keep            # coverage: how much of a cell the anchor still sees
     z = m * reprojected_anchor + (1 - m) * generated
 
 The network paints what comes into view; the rest turns with the camera. A stream's first step,
@@ -17,7 +16,7 @@ and a step that turns by less than `min_turn` (walking, mostly), show the networ
 is, and that latent becomes the anchor: the first image's latent encodes one frame where a step's
 encodes four (reprojected, it decodes darker), and rotation says nothing about walking, so there
 the network draws the change. The anchor is also renewed (from the blend) once it covers
-`refresh_coverage` of the view or less, or the camera has walked 2 `travel_scale`s from it.
+`refresh_coverage` of the view or less.
 A step with no motion at all (`still_tolerance`) shows the stream's last picture again, as
 the engine does when the camera stands still; the network's own idle steps drift into noise.
 
@@ -99,13 +98,9 @@ class ReprojectionMemory:
         grid = torch.from_numpy(grid).to(self.anchor.device)[:, None]  # (B, 1, 2, h, w)
         seen = warp_recycled(self.anchor[:, None], grid, self.cfg.warp_mode)[:, 0]
         coverage = warp_recycled(self._ones, grid)[:, 0]  # (B, 1, h, w) in [0, 1]
-        travel = np.linalg.norm(self.pose[:, :3, 3], axis=-1)
-        scale = np.inf if self.cfg.travel_scale is None else self.cfg.travel_scale
-        trust = self.cfg.keep * np.exp(-travel / scale)
-        m = coverage.clamp(0, 1) ** self.cfg.mask_power * torch.from_numpy(trust).to(coverage)[:, None, None, None]
+        m = coverage.clamp(0, 1) ** self.cfg.mask_power * self.cfg.keep
         z = m * seen + (1 - m) * generated.to(self.anchor.dtype)
         refresh = (coverage.mean((1, 2, 3)) <= self.cfg.refresh_coverage).cpu().numpy()
-        refresh |= travel > 2 * scale
         # The network draws this step on its own and it becomes the anchor: a stream's first step (the
         # first image's latent encodes one frame, not a step's: reprojected, it decodes darker and
         # smeared), and a step that turns less than min_turn (walking; a turn of exactly min_turn, up

@@ -11,9 +11,19 @@ import ast
 import inspect
 from dataclasses import dataclass, fields
 
+from worldmodel.config import Retired
+
 TURN_TOLERANCE = 1e-6
 """Radians a turn may fall short of `min_turn` and still count as one: an action stored in float32
 (0.03 -> 0.0299999993) must not fall on the walking side of a threshold it was meant to reach."""
+
+
+RETIRED_REPROJECTION_KEYS = {
+    "travel_scale": Retired((None,), "it handed the picture back to the network as the camera walked away from the "
+                            "anchor; walking is the network's since min_turn, and every scale measured froze or "
+                            "scored worse (docs/training.md, 'Reprojection memory')"),
+}
+"""Retired ReprojectionConfig keys; world files bundled before 2026-12-02 store travel_scale: null."""
 
 
 @dataclass
@@ -27,8 +37,6 @@ class ReprojectionConfig:
     """Coverage is raised to this power: > 1 widens the border band the network paints."""
     keep: float = 1.0
     """Weight of the reprojected anchor where it fully covers a cell (1: the network paints borders only)."""
-    travel_scale: float | None = None
-    """Scene units of walking from the anchor's camera that cut the anchor's trust by e (None: never)."""
     min_turn: float = 0.03
     """Steps turning by less than this many radians show the network's latent as it is, and it becomes
     the anchor (0: the memory holds the picture on every step, so walking straight shows a still one)."""
@@ -44,8 +52,6 @@ class ReprojectionConfig:
             raise ValueError(f"reprojection refresh_coverage must be in [0, 1], got {self.refresh_coverage}")
         if not self.mask_power > 0.0:
             raise ValueError(f"reprojection mask_power must be > 0, got {self.mask_power}")
-        if self.travel_scale is not None and not self.travel_scale > 0.0:
-            raise ValueError(f"reprojection travel_scale must be > 0, got {self.travel_scale}")
         if not 0.0 <= self.keep <= 1.0:
             raise ValueError(f"reprojection keep must be in [0, 1], got {self.keep}")
         if not self.still_tolerance >= 0.0:
@@ -70,9 +76,6 @@ class ReprojectionConfig:
                                  f"{', '.join(cls.__dataclass_fields__)}")
             if key == "warp_mode":
                 kw[key] = value
-                continue
-            if value.lower() == "none" and cls.__dataclass_fields__[key].default is None:
-                kw[key] = None  # an optional field set back to off (travel_scale=none)
                 continue
             try:
                 kw[key] = float(value)

@@ -19,7 +19,7 @@ Every step is one transformer evaluation and one streaming VAE decode for the wh
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,12 +37,13 @@ from worldmodel.checkpoint import (
     read_tensor_index,
     save_world_model,
 )
-from worldmodel.config import CameraStats, DiTConfig
+from worldmodel.config import CameraStats, DiTConfig, drop_retired
 from worldmodel.dit import WorldDiT
 from worldmodel.generator import StreamingGenerator
 from worldmodel.heads import WorldHeads, heads_builder
 from worldmodel.indexing import stream_indices
 from worldmodel.reproject import ReprojectionConfig
+from worldmodel.reproject_config import RETIRED_REPROJECTION_KEYS
 from worldmodel.vae import CausalVAE, DecoderState, StreamDecoder, VAEConfig
 
 BUNDLED = Path(__file__).parent / "assets" / "world_tiny.safetensors"
@@ -108,6 +109,11 @@ def video_to_uint8(video: torch.Tensor) -> np.ndarray:
 def world_meta_from_dict(meta: dict[str, Any], path: str | Path) -> WorldMeta:
     """The WorldMeta of a world file's metadata; CheckpointError names the file, the key and what was expected."""
     reprojection = meta.get("reprojection")
+    if isinstance(reprojection, Mapping):  # older files store keys that no longer configure the memory
+        try:
+            meta = {**meta, "reprojection": drop_retired(reprojection, "reprojection", RETIRED_REPROJECTION_KEYS)}
+        except ValueError as e:
+            raise CheckpointError(f"world file {path} cannot be loaded: {e}") from e
     if reprojection is not None:
         reprojection = config_from_meta(meta, "reprojection", ReprojectionConfig, path)
     try:
