@@ -28,8 +28,7 @@ from envs.checks import check_index, check_seed
 from envs.modes import motion_info, observation_space, observe, resolve_action_map, resolve_obs_mode
 from envs.rewards import RewardFn, TerminationFn, never_terminate, zero_reward
 from envs.tasks import Task, TaskStep
-from worldmodel.camera import ACTION_LAYOUT, check_action
-from worldmodel.generator import step_poses
+from worldmodel.camera import ACTION_LAYOUT, check_action, step_poses
 from worldmodel.threads import use_threads
 from worldmodel.world import World
 

@@ -8,8 +8,8 @@ from helpers import tiny_dit
 from worldmodel.bench.common import rss_bytes
 from worldmodel.config import CameraStats, model_config
 from worldmodel.dit import WorldDiT
-from worldmodel.camera import integrate, step_frame_motions
-from worldmodel.generator import StreamingGenerator, frame_motions, step_poses
+from worldmodel.camera import frame_motions, integrate, step_frame_motions, step_poses
+from worldmodel.generator import StreamingGenerator
 
 LATENT = (4, 4)
 K, IMG = (16.0, 16.0, 15.5, 15.5), (32, 32)

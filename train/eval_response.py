@@ -395,10 +395,12 @@ def turn_response_teacher_forced(world: World, engine: EngineSource, starts: Seq
     maps = cylinder_maps(real.shape[2:4], engine.intrinsics)
     sign = -np.sign(actions[:, :, 4])  # a right turn slides the picture left
     expected = float(engine.intrinsics[0]) * rate
-    tf = np.array([[yaw_shift(rec[b, j - 1, -1], pred[b, j, -1], maps) * sign[b, j] for j in range(1, steps)]
-                   for b in range(len(starts))]) / expected
-    vae = np.array([[yaw_shift(rec[b, j - 1, -1], rec[b, j, -1], maps) * sign[b, j] for j in range(1, steps)]
-                    for b in range(len(starts))]) / expected
+
+    def slides(after: np.ndarray) -> np.ndarray:  # (B, steps - 1): each step's slide from the real previous one
+        return np.array([[yaw_shift(rec[b, j - 1, -1], after[b, j, -1], maps) * sign[b, j] for j in range(1, steps)]
+                         for b in range(len(starts))]) / expected
+
+    tf, vae = slides(pred), slides(rec)
     return {"rate_rad": rate, "steps": steps, "ratio": float(tf.mean()),
             "frozen_share": float(np.mean(tf < FROZEN_SHARE_OF_EXPECTED)),
             "step_ratio_quartiles": np.percentile(tf, [25, 50, 75]).tolist(), "vae_ratio": float(vae.mean())}

@@ -25,55 +25,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.spatial.transform import Rotation
-
-from worldmodel.camera import (
-    action_to_pose,
-    check_action,
-    normalize_camera,
-    plucker_maps,
-    relative_pose,
-    rotation_warp_grid,
-)
+from worldmodel.camera import frame_motions, normalize_camera, plucker_maps, rotation_warp_grid, step_poses
 from worldmodel.config import CameraStats
 from worldmodel.cuda_graph import GraphedStep
 from worldmodel.dit import WorldDiT
 from worldmodel.indexing import stream_indices
 from worldmodel.reproject import ReprojectionConfig, ReprojectionMemory
-
-
-def step_poses(actions: np.ndarray) -> np.ndarray:
-    """Each stream's pose at the end of its step in the camera at its start, for a whole batch at once:
-    actions (B, 6) or (B, fps, 6) -> (B, 4, 4); per stream `camera.integrate(np.eye(4), a)`."""
-    a = check_action(actions)
-    if a.ndim == 2:
-        return action_to_pose(a)
-    if a.ndim != 3:
-        raise ValueError(f"actions have shape {a.shape}, expected (B, 6) or (B, frames_per_step, 6)")
-    T = action_to_pose(a)  # (B, fps, 4, 4), each frame's motion in the previous frame's camera
-    out = T[:, 0]
-    for k in range(1, T.shape[1]):
-        out = out @ T[:, k]
-    return out
-
-
-def frame_motions(actions: np.ndarray, frames_per_step: int) -> np.ndarray:
-    """Each video frame's motion in the previous frame's camera, for a whole batch at once:
-    actions (B, 6) or (B, fps, 6) -> (B, fps, 4, 4); per stream `camera.step_frame_motions`."""
-    a = check_action(actions)
-    if a.ndim == 3 and a.shape[1:] == (frames_per_step, 6):
-        return action_to_pose(a)
-    if a.ndim != 2 or a.shape[1] != 6:
-        raise ValueError(f"actions have shape {a.shape}, expected (B, 6) or (B, {frames_per_step}, 6)")
-    # `camera.interpolate_action` Slerps from the identity to the step's rotation: at fraction f that is
-    # the rotation by f times its rotation vector (taken with angle <= pi, as Slerp takes the short way).
-    # One batched scipy call instead of one Slerp per stream (64 streams: 20 ms of a step).
-    rotvec = Rotation.from_rotvec(a[:, 3:]).as_rotvec()
-    f = np.arange(1, frames_per_step + 1) / frames_per_step  # (fps,)
-    at = np.concatenate([a[:, None, :3], rotvec[:, None]], -1) * f[None, :, None]  # (B, fps, 6)
-    start = action_to_pose(at)  # (B, fps, 4, 4): frame k in the step's start camera
-    prev = np.concatenate([np.broadcast_to(np.eye(4), (len(a), 1, 4, 4)), start[:, :-1]], axis=1)
-    return relative_pose(prev, start)
 
 
 def warp_grids(
